@@ -1,0 +1,235 @@
+"""`diffgap-search` command line: each command parses, validates, calls one library function, prints.
+
+Bad input surfaces as one line `error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diffgap_search.errors import DiffgapError
+
+app = typer.Typer(
+    name="diffgap-search",
+    help="Audio retrieval over CLAP embeddings with FAISS, bridged across the modality gap by DiffGAP.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class IndexType(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def user_errors(fn):
+    """Turn DiffgapError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DiffgapError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; nothing was changed", err=True)
+            raise typer.Exit(130) from None
+        except MemoryError:
+            typer.echo("error: out of memory; lower --memory-budget or index fewer vectors at a time", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+# ---------------------------------------------------------------------------
+# build-index / add / info
+# ---------------------------------------------------------------------------
+
+
+@app.command("build-index")
+@user_errors
+def build_index(
+    embeddings: List[Path] = typer.Option(..., "--embeddings", "-e", help="Parquet shards (id, embedding, metadata), or one .npy [n, d]. Repeat for several."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically if it exists)."),
+    index_type: IndexType = typer.Option(IndexType.auto, "--index-type", help="auto: flat up to 1M vectors within the budget, then HNSW, then IVF-PQ."),
+    space: Optional[str] = typer.Option(None, "--space", help="Name of the embedding space (default: from the shards' metadata)."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto uses a GPU when FAISS sees one."),
+    memory_budget: str = typer.Option("4GB", "--memory-budget", help="Memory the index may use, e.g. 4GB, 512MB."),
+    recall_target: float = typer.Option(0.95, "--recall-target", help="recall@10 against exact search that tuning must reach."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Parquet or CSV rows for a .npy input, same order (an `id` column gives ids)."),
+) -> None:
+    """Build a FAISS index folder from embedding shards.
+
+    Example: diffgap-search build-index --embeddings corpus/*.parquet --out indexes/clips
+    """
+    from diffgap_search.index import EmbeddingIndex
+
+    index = EmbeddingIndex.build(
+        embeddings, out, index_type=index_type.value, space=space, device=device.value,
+        memory_budget=memory_budget, recall_target=recall_target, metadata=metadata,
+    )
+    m = index.manifest
+    typer.echo(
+        f"built {out}: {m['count']} vectors, dim {m['dim']}, {m['index_type']} ({m['factory']}), "
+        f"recall@10 {m['tuned_recall_at_10']:.3f} with {m['search_params'] or 'exact search'}"
+    )
+
+
+@app.command("add")
+@user_errors
+def add(
+    index_dir: Path = typer.Argument(..., help="Existing index folder."),
+    embeddings: List[Path] = typer.Option(..., "--embeddings", "-e", help="Parquet shards or one .npy to append."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Rows for a .npy input, same order."),
+) -> None:
+    """Append embeddings to an index without rebuilding it; new ids continue after the largest.
+
+    Example: diffgap-search add indexes/clips --embeddings new_clips.parquet
+    """
+    from diffgap_search.index import EmbeddingIndex
+
+    before = EmbeddingIndex.load(index_dir, device="cpu")
+    after = before.add(embeddings, metadata=metadata)
+    typer.echo(f"added {len(after) - len(before)} vectors to {index_dir}: {len(after)} in all")
+
+
+@app.command("info")
+@user_errors
+def info(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show what an index holds: count, dim, space, type, bytes on disk, dates.
+
+    Example: diffgap-search info indexes/clips
+    """
+    from diffgap_search.index import EmbeddingIndex
+
+    facts = EmbeddingIndex.load(index_dir, device="cpu").info()
+    if as_json:
+        _print_json(facts)
+        return
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+# ---------------------------------------------------------------------------
+# query
+# ---------------------------------------------------------------------------
+
+
+def _format_table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+DISPLAY_COLUMNS = ("path", "caption", "label", "start_s")
+
+
+@app.command("query")
+@user_errors
+def query(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    embeddings_file: Path = typer.Option(..., "--embeddings-file", help="Query embeddings: a parquet shard or a .npy [n, d]."),
+    k: int = typer.Option(10, "--k", min=1, help="Results per query."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines: one object per hit."),
+    device: Device = typer.Option(Device.auto, "--device"),
+) -> None:
+    """Search an index with query embeddings of its space.
+
+    Example: diffgap-search query indexes/clips --embeddings-file queries.parquet --k 5
+    """
+    from diffgap_search.index import EmbeddingIndex
+    from diffgap_search.storage import read_embeddings
+
+    index = EmbeddingIndex.load(index_dir, device=device.value)
+    queries = read_embeddings(embeddings_file)
+    result = index.search(queries.vectors, k, space=queries.space)
+    qmeta = queries.metadata.to_pylist() if queries.metadata.num_columns else [{}] * len(queries)
+    for q, qid in enumerate(queries.ids):
+        rows = result.rows(q)
+        if as_json:
+            for row in rows:
+                _print_json({"query": int(qid), **row})
+            continue
+        label = next((str(qmeta[q][c]) for c in ("caption", "path", "label") if qmeta[q].get(c) is not None), "")
+        typer.echo(f"query {int(qid)}" + (f": {label}" if label else ""))
+        shown = [c for c in DISPLAY_COLUMNS if any(c in r for r in rows)]
+        typer.echo(_format_table(rows, ["rank", "score", "id", *shown]))
+        typer.echo("")
+
+
+# ---------------------------------------------------------------------------
+# synthetic data
+# ---------------------------------------------------------------------------
+
+
+@app.command("synthetic")
+@user_errors
+def synthetic(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for corpus.parquet, queries.parquet and pairs.parquet."),
+    n: int = typer.Option(10_000, "--n", min=1, help="Number of pairs (100 to 1,000,000)."),
+    n_queries: int = typer.Option(5, "--queries", min=0, help="How many query rows to write to queries.parquet."),
+    dim_a: int = typer.Option(512, "--dim-a", help="Dim of the index side (audio)."),
+    dim_b: int = typer.Option(512, "--dim-b", help="Dim of the query side (text/video)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a seeded synthetic paired corpus with a modality gap (for trying the tool, tests, benchmarks).
+
+    Example: diffgap-search synthetic --n 10000 --out demo
+    """
+    from diffgap_search.synthetic import GapConfig, write_synthetic
+
+    files = write_synthetic(out, n, GapConfig(dim_a=dim_a, dim_b=dim_b), seed=seed, n_queries=n_queries)
+    for role, path in files.items():
+        typer.echo(f"{role:<8} {path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
