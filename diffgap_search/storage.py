@@ -40,6 +40,7 @@ MODALITY_KEY = b"diffgap.modality"
 NORM_TOL = 1e-4  # |norm - 1| above this counts as "not unit-norm"
 EMBEDDING = "embedding"
 ID = "id"
+VECTOR_COLUMNS = (EMBEDDING, "a", "b")  # float columns stored uncompressed (noise does not compress)
 
 
 @dataclass
@@ -304,10 +305,8 @@ def embeddings_table(
     modality: str | None = None,
 ) -> pa.Table:
     """Build the Arrow table of a shard (no validation; see `write_shard`)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, d = vectors.shape
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), d)
-    columns = {ID: pa.array(np.asarray(ids, dtype=np.int64)), EMBEDDING: emb}
+    n = len(vectors)
+    columns = {ID: pa.array(np.asarray(ids, dtype=np.int64)), EMBEDDING: fixed_size_vectors(vectors)}
     if metadata is not None:
         if metadata.num_rows != n:
             raise DiffgapError(f"metadata has {metadata.num_rows} rows for {n} embeddings")
@@ -333,6 +332,58 @@ def _mkstemp(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+class AtomicParquetWriter:
+    """Stream record batches into a parquet file that appears only when complete.
+
+    Used as a context manager: rows go to a temporary file beside `path`; a clean
+    exit fsyncs and renames it into place, an exception deletes it and leaves any
+    previous file at `path` untouched. For outputs too large to build in memory.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema):
+        self.path = Path(path)
+        self.schema = schema
+        self._fd: int | None = None
+        self._tmp: str | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._fh = None
+
+    def __enter__(self) -> "AtomicParquetWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = _mkstemp(self.path)
+        self._fh = os.fdopen(fd, "wb")
+        names = self.schema.names
+        self._writer = pq.ParquetWriter(
+            self._fh,
+            self.schema,
+            compression={c: ("none" if c in VECTOR_COLUMNS else "zstd") for c in names},
+            use_dictionary=[c for c in names if c not in VECTOR_COLUMNS],
+        )
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table.cast(self.schema))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._writer.close()
+            if exc_type is None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+
+def fixed_size_vectors(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """float32 [n, d] -> fixed_size_list<float32>[d] without copying when C-contiguous."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
+
+
 def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write a parquet file via a temporary file in the same folder + rename.
 
@@ -342,11 +393,11 @@ def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compression = {c: ("none" if c == EMBEDDING else "zstd") for c in table.column_names}
+    compression = {c: ("none" if c in VECTOR_COLUMNS else "zstd") for c in table.column_names}
     fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression=compression, use_dictionary=[c for c in table.column_names if c != EMBEDDING])
+            pq.write_table(table, fh, compression=compression, use_dictionary=[c for c in table.column_names if c not in VECTOR_COLUMNS])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

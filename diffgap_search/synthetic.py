@@ -47,14 +47,17 @@ few blocks plus one chunk plus the weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from diffgap_search.errors import DiffgapError
 
@@ -385,3 +388,109 @@ def gap_stats(a: np.ndarray, b: np.ndarray, n_way: int = 1000) -> dict:
         "n": int(a.shape[0]),
         "n_way": k,
     }
+
+
+# ---------------------------------------------------------------------------
+# files: a corpus to index, queries to search it with, and the pairs to train on
+# ---------------------------------------------------------------------------
+
+SPACE = "synthetic-gap"
+
+
+def split_of(pair_id: np.ndarray) -> np.ndarray:
+    """Fixed split by pair id: 80% train, 10% val (id % 10 == 8), 10% test (id % 10 == 9)."""
+    return np.where(pair_id % 10 == 9, "test", np.where(pair_id % 10 == 8, "val", "train"))
+
+
+def write_synthetic(
+    out: str | Path,
+    n: int,
+    config: GapConfig = GapConfig(),
+    *,
+    seed: int = 0,
+    n_queries: int = 5,
+    pairs: bool = True,
+    chunk_size: int = 65536,
+    progress: bool = True,
+) -> dict:
+    """Write `n` synthetic pairs as files the rest of the tool reads.
+
+    - `corpus.parquet`: an embedding shard of the `a` side (modality audio), ids =
+      pair ids, a `path` column naming each fake clip;
+    - `queries.parquet`: `n_queries` rows of the `b` side (modality text), ids = the
+      pair ids they were made from, with `target_id` (the corpus id that answers them)
+      and a `caption` column;
+    - `pairs.parquet` (unless `pairs=False`): the pairs file (DESIGN.md) with
+      `pair_id`, `group_id`, `a`, `b`, `split` (see `split_of`), `cluster_id`.
+
+    Both sides are in the space "synthetic-gap" when their dims are equal (raw cosine
+    between them is then meaningful), else "synthetic-gap-a" / "synthetic-gap-b".
+    Streams in chunks, so 1,000,000 pairs of 512 dims need about 6 GB of disk, not of
+    memory. Every file is written atomically. Returns {"corpus": path, ...,
+    "stats": gap_stats of the first chunk}.
+    """
+    from tqdm import tqdm
+
+    from diffgap_search.storage import AtomicParquetWriter, embeddings_table, fixed_size_vectors, write_shard
+
+    n = _check_int("n", n, 1, "ask for at least one pair (--n >= 1).")
+    n_queries = _check_int("n_queries", n_queries, 0, "ask for zero or more queries.")
+    out = Path(out)
+    same = config.dim_a == config.dim_b
+    space_a = SPACE if same else f"{SPACE}-a"
+    space_b = SPACE if same else f"{SPACE}-b"
+    query_ids = np.unique(np.linspace(0, n - 1, min(n_queries, n)).round().astype(np.int64))
+    query_rows = np.empty((len(query_ids), config.dim_b), dtype=np.float32)
+
+    corpus_schema = embeddings_table(
+        np.zeros(0, np.int64), np.zeros((0, config.dim_a), np.float32),
+        pa.table({"path": pa.array([], pa.string())}), space=space_a, modality="audio",
+    ).schema
+    pairs_schema = pa.schema(
+        [
+            ("pair_id", pa.int64()),
+            ("group_id", pa.int64()),
+            ("a", pa.list_(pa.float32(), config.dim_a)),
+            ("b", pa.list_(pa.float32(), config.dim_b)),
+            ("split", pa.string()),
+            ("cluster_id", pa.int64()),
+        ],
+        metadata={b"diffgap.space_a": space_a.encode(), b"diffgap.space_b": space_b.encode(),
+                  b"diffgap.modality_a": b"audio", b"diffgap.modality_b": b"text"},
+    )
+    files = {"corpus": out / "corpus.parquet", "queries": out / "queries.parquet"}
+    if pairs:
+        files["pairs"] = out / "pairs.parquet"
+    stats = None
+    with contextlib.ExitStack() as stack:
+        corpus = stack.enter_context(AtomicParquetWriter(files["corpus"], corpus_schema))
+        pairs_out = stack.enter_context(AtomicParquetWriter(files["pairs"], pairs_schema)) if pairs else None
+        bar = stack.enter_context(tqdm(total=n, unit="pair", desc="synthetic", disable=not progress))
+        for chunk in iter_pairs(n, config, seed, chunk_size):
+            if stats is None:
+                stats = gap_stats(chunk.a, chunk.b, n_way=1000)
+            names = pa.array([f"synthetic/clip-{i:07d}.wav" for i in chunk.pair_id])
+            corpus.write(embeddings_table(chunk.pair_id, chunk.a, pa.table({"path": names})))
+            if pairs_out is not None:
+                pairs_out.write(
+                    pa.table(
+                        {
+                            "pair_id": chunk.pair_id,
+                            "group_id": chunk.group_id,
+                            "a": fixed_size_vectors(chunk.a),
+                            "b": fixed_size_vectors(chunk.b),
+                            "split": split_of(chunk.pair_id),
+                            "cluster_id": chunk.cluster_id,
+                        }
+                    )
+                )
+            lo, hi = np.searchsorted(query_ids, [chunk.pair_id[0], chunk.pair_id[-1] + 1])
+            query_rows[lo:hi] = chunk.b[query_ids[lo:hi] - chunk.pair_id[0]]
+            bar.update(len(chunk.pair_id))
+    captions = [f"synthetic query for clip {i}" for i in query_ids]
+    write_shard(
+        files["queries"], query_ids, query_rows,
+        pa.table({"target_id": pa.array(query_ids), "caption": pa.array(captions, pa.string())}),
+        space=space_b, modality="text",
+    )
+    return {**files, "stats": stats}

@@ -162,3 +162,26 @@ def test_write_shard_refuses_bad_rows_and_leaves_old_file(shard):
         write_shard(path, np.arange(3), bad)
     assert path.read_bytes() == before
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_streaming_writer_is_atomic(shard):
+    """Rows streamed through AtomicParquetWriter appear only on a clean exit."""
+    from diffgap_search.storage import AtomicParquetWriter, embeddings_table
+
+    shard, _ = shard
+    before = read_embeddings(shard)
+    schema = embeddings_table(before.ids[:1], before.vectors[:1], before.metadata.slice(0, 1)).schema
+    with pytest.raises(RuntimeError):
+        with AtomicParquetWriter(shard, schema) as w:
+            w.write(embeddings_table(before.ids[:10], before.vectors[:10], before.metadata.slice(0, 10)))
+            raise RuntimeError("killed mid-way")
+    after = read_embeddings(shard)
+    np.testing.assert_array_equal(after.ids, before.ids)  # the old file is untouched
+    assert [p.name for p in shard.parent.iterdir()] == [shard.name]  # no temporary left
+
+    with AtomicParquetWriter(shard, schema) as w:
+        for lo in (0, 50):
+            w.write(embeddings_table(before.ids[lo:lo + 50], before.vectors[lo:lo + 50], before.metadata.slice(lo, 50)))
+    after = read_embeddings(shard)
+    np.testing.assert_array_equal(after.ids, before.ids[:100])
+    np.testing.assert_array_equal(after.vectors, before.vectors[:100])

@@ -209,3 +209,26 @@ def test_gap_stats_on_real_convirt_pairs():
     assert stats["n"] == pairs.shape[1] == stats["n_way"]
     assert stats["mean_distance"] == pytest.approx(0.823, abs=0.01)
     assert stats["raw_r1"] == pytest.approx(0.022, abs=0.01)
+
+
+def test_write_synthetic_files_agree_with_the_generator(tmp_path):
+    """corpus = the a side, queries = b rows of their target ids, pairs = both, split fixed."""
+    from diffgap_search.storage import read_embeddings
+    from diffgap_search.synthetic import write_synthetic
+    import pyarrow.parquet as pq
+
+    config = GapConfig(dim_a=24, dim_b=16)
+    files = write_synthetic(tmp_path, 700, config, seed=3, n_queries=4, chunk_size=256, progress=False)
+    ref = make_pairs(700, config, seed=3)
+    corpus = read_embeddings(files["corpus"])
+    np.testing.assert_array_equal(corpus.ids, np.arange(700))
+    np.testing.assert_allclose(corpus.vectors, ref.a, atol=1e-6)
+    assert (corpus.space, corpus.modality) == ("synthetic-gap-a", "audio")
+    queries = read_embeddings(files["queries"])
+    assert list(queries.ids) == [0, 233, 466, 699]
+    np.testing.assert_array_equal(queries.metadata.column("target_id").to_numpy(), queries.ids)
+    np.testing.assert_allclose(queries.vectors, ref.b[queries.ids], atol=1e-6)
+    assert (queries.space, queries.modality) == ("synthetic-gap-b", "text")
+    pairs = pq.read_table(files["pairs"])
+    assert pairs.column("split").to_pylist()[8:11] == ["val", "test", "train"]
+    np.testing.assert_allclose(np.stack(pairs.column("b").to_numpy(zero_copy_only=False)), ref.b, atol=1e-6)
