@@ -23,7 +23,6 @@ Index types (all exact or approximate maximum inner product = cosine on unit row
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import json
 import math
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from diffgap_search import __version__
+from diffgap_search.atomic import replace_dir, restore_interrupted_swap, scratch_dir
 from diffgap_search.errors import DiffgapError
 from diffgap_search.storage import (
     EMBEDDING,
@@ -220,78 +220,6 @@ def tune_search(index: faiss.Index, index_type: str, xq: np.ndarray, I_true: np.
 
 
 # ---------------------------------------------------------------------------
-# folders: atomic replace, stale temporary cleanup
-# ---------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    return renameat2(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
-
-
-def replace_dir(new: Path, dst: Path) -> None:
-    """Put the finished folder `new` at `dst`, atomically where the OS allows."""
-    _fsync_dir(new)
-    if not dst.exists():
-        os.rename(new, dst)
-    elif _exchange(new, dst):
-        shutil.rmtree(new)  # `new` now holds the previous version
-    else:  # two renames: a crash between them leaves `.old-*` beside dst (restored on load)
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.rename(dst, old)
-        os.rename(new, dst)
-        shutil.rmtree(old)
-    _fsync_dir(dst.parent)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _scratch_dir(dst: Path) -> Path:
-    """A fresh temporary sibling of `dst`; removes ones left by killed processes."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dst.parent.glob(f".{dst.name}.building-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = dst.parent / f".{dst.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / SHARD_DIR).mkdir(parents=True)
-    return tmp
-
-
-def _restore_interrupted_swap(root: Path) -> None:
-    """Without renameat2, a crash between two renames leaves only `.NAME.old-PID`."""
-    if root.exists():
-        return
-    olds = sorted(root.parent.glob(f".{root.name}.old-*"))
-    if olds:
-        os.rename(olds[-1], root)
-
-
-# ---------------------------------------------------------------------------
 # reading inputs
 # ---------------------------------------------------------------------------
 
@@ -446,7 +374,7 @@ class EmbeddingIndex:
         plan = plan_index(n, d, index_type, budget)
         xb = np.concatenate([p.vectors for p in parts]) if len(parts) > 1 else parts[0].vectors
 
-        tmp = _scratch_dir(out)
+        tmp = scratch_dir(out, subdirs=(SHARD_DIR,))
         try:
             shards = _write_parts(tmp, parts, first_part=0)
             index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -508,7 +436,7 @@ class EmbeddingIndex:
         next_id = _assign_ids(parts, np.sort(self.ids), int(self.manifest["next_id"]))
         xb = np.concatenate([p.vectors for p in parts]) if len(parts) > 1 else parts[0].vectors
         index = faiss.read_index(str(self.root / INDEX_FILE))  # CPU copy, untouched on disk
-        tmp = _scratch_dir(self.root)
+        tmp = scratch_dir(self.root, subdirs=(SHARD_DIR,))
         try:
             for shard in self.manifest["shards"]:
                 src, dst = self.root / shard["file"], tmp / shard["file"]
@@ -537,7 +465,7 @@ class EmbeddingIndex:
     @classmethod
     def load(cls, root: str | Path, *, device: str = "auto") -> "EmbeddingIndex":
         root = Path(root)
-        _restore_interrupted_swap(root)
+        restore_interrupted_swap(root)
         manifest = read_manifest(root)
         try:
             index = faiss.read_index(str(root / INDEX_FILE))

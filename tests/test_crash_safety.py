@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffgap_search.index import EmbeddingIndex, _restore_interrupted_swap
+from diffgap_search.atomic import restore_interrupted_swap as _restore_interrupted_swap
+from diffgap_search.index import EmbeddingIndex
 from diffgap_search.storage import write_shard
 
 from conftest import unit_rows

@@ -1,0 +1,317 @@
+"""The DiffGAP translator: sampler, training (Algorithm 1), checkpoints, reranking signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
+
+from diffgap_search.diffusion.network import Denoiser, NetworkConfig
+from diffgap_search.diffusion.train import TrainConfig, direction_at, train
+from diffgap_search.diffusion.translator import Translator
+from diffgap_search.errors import DiffgapError
+from diffgap_search.pairs import read_pairs, write_pairs
+from diffgap_search.synthetic import GapConfig, make_pairs
+
+TINY = NetworkConfig(hidden=32, emb=32, blocks=2)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=32, interval=7, network=TINY, checkpoint_every=10, val_queries=50, val_steps=2)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    p = make_pairs(600, GapConfig(dim_a=24, dim_b=16), seed=1)
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.parquet", p.a, p.b)
+
+
+@pytest.fixture(scope="module")
+def trained(pairs_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model"
+    return out, train(pairs_file, out, tiny_config(), progress=False, log=lambda s: None)
+
+
+def randomized(translator: Translator, seed: int = 0) -> Translator:
+    """Give the zero-initialized output layers random values, so every path carries signal."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in translator.network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return translator
+
+
+# -- sampler --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_sampling_loop_equals_diffusers_ddim_steps(trained, eta, prediction_type):
+    """Our translate() == noise -> DDIMScheduler.step x S on the guided output, by hand."""
+    from dataclasses import replace
+
+    out, _ = trained
+    tr = randomized(Translator.load(out))
+    tr.config.schedule = replace(tr.config.schedule, prediction_type=prediction_type)
+    q = torch.from_numpy(make_pairs(5, GapConfig(dim_a=24, dim_b=16), seed=9).b)
+    steps, w = 3, 2.5
+    ours = tr.translate(q, "to-audio", steps=steps, guidance=w, eta=eta, generator=torch.Generator().manual_seed(4))
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                          prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True,
+                          timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    assert sched.timesteps.tolist() == [999, 666, 332]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 24, generator=g)
+    cond = tr.norms[1](q)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            tt = torch.full((5,), int(t))
+            c = tr.network(x, tt, cond, 0)
+            u = tr.network(x, tt, None, 0)
+            noise = torch.randn(5, 24, generator=g) if eta > 0 else None
+            x = sched.step(u + w * (c - u), t, x, eta=eta, variance_noise=noise).prev_sample
+    expected = torch.nn.functional.normalize(x * tr.norms[0].std + tr.norms[0].mean, dim=-1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_guidance_one_is_conditional_and_zero_ignores_the_condition(trained):
+    tr = randomized(Translator.load(trained[0]))
+    x, t = torch.randn(4, 24), torch.tensor([10, 200, 500, 900])
+    cond = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.equal(tr.guided_output(x, t, cond, 0, 1.0), tr.network(x, t, cond, 0))
+        a = tr.guided_output(x, t, cond, 0, 0.0)
+        b = tr.guided_output(x, t, torch.randn(4, 16), 0, 0.0)
+        assert torch.equal(a, b)
+        keep_none = tr.network(x, t, cond, 0, keep=torch.zeros(4, dtype=torch.bool))
+        assert torch.allclose(keep_none, a, atol=1e-6)
+
+
+def test_translations_are_unit_norm_and_samples_average(trained):
+    tr = trained[1]
+    q = make_pairs(8, GapConfig(dim_a=24, dim_b=16), seed=5).b
+    one = tr.translate(q, steps=4, samples=1, generator=torch.Generator().manual_seed(0))
+    four = tr.translate(q, steps=4, samples=4, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(np.linalg.norm(four, axis=1), 1, atol=1e-5)
+    assert one.shape == four.shape == (8, 24)
+    back = tr.translate(one, "from-audio", steps=2)
+    assert back.shape == (8, 16)
+
+
+def test_start_step_needs_equal_dims_and_small_start_stays_close(tmp_path):
+    p = make_pairs(300, GapConfig(dim_a=16, dim_b=16), seed=2)
+    path = write_pairs(tmp_path / "p.parquet", p.a, p.b)
+    tr = train(path, tmp_path / "m", tiny_config(epochs=1), progress=False, log=lambda s: None)
+    tr = randomized(tr, seed=5)
+    x = torch.from_numpy(p.b[:6])
+    ours = tr.translate(x, start_step=400, steps=5, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    # by hand: noise the source (in the target space's normalization) to t=399, then DDIM 399 -> 199 -> clean
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                          prediction_type=tr.config.schedule.prediction_type, clip_sample=False,
+                          set_alpha_to_one=True, timestep_spacing="trailing")
+    sched.set_timesteps(5)
+    g = torch.Generator().manual_seed(0)
+    cond = tr.norms[1](x)
+    with torch.no_grad():
+        sample = sched.add_noise(tr.norms[0](x), torch.randn(6, 16, generator=g), torch.full((6,), 399))
+        for t in (399, 199):
+            sample = sched.step(tr.network(sample, torch.full((6,), t), cond, 0), t, sample).prev_sample
+    np.testing.assert_allclose(ours, tr.norms[0].inverse(sample).numpy(), atol=1e-5)
+    p2 = make_pairs(300, GapConfig(dim_a=24, dim_b=16), seed=2)
+    tr2 = train(write_pairs(tmp_path / "p2.parquet", p2.a, p2.b), tmp_path / "m2", tiny_config(epochs=1),
+                progress=False, log=lambda s: None)
+    with pytest.raises(DiffgapError, match="start_step needs source and target of one dim"):
+        tr2.translate(p2.b[:2], start_step=100)
+
+
+# -- denoise error ----------------------------------------------------------------------------
+
+
+def test_denoise_error_equals_a_loop_over_candidates_and_timesteps(trained):
+    tr = randomized(Translator.load(trained[0]), seed=3)
+    rng = np.random.default_rng(0)
+    p = make_pairs(7, GapConfig(dim_a=24, dim_b=16), seed=11)
+    queries, candidates = p.b[:3], np.stack([p.a[[0, 1, 2, 3, 4]], p.a[[2, 3, 4, 5, 6]], p.a[[6, 5, 4, 3, 2]]])
+    timesteps, noise = np.array([50, 400, 800]), rng.standard_normal((3, 16)).astype(np.float32)
+    fast = tr.denoise_error(queries, candidates, timesteps, noise, "from-audio", max_rows=20)  # forces chunks
+    sched = tr.train_scheduler
+    alphas = sched.alphas_cumprod
+    with torch.no_grad():
+        for qi in range(3):
+            x0 = tr.norms[1](torch.from_numpy(queries[qi : qi + 1]))
+            for ni in range(5):
+                cond = tr.norms[0](torch.from_numpy(candidates[qi, ni : ni + 1]))
+                errs = []
+                for t, eps in zip(timesteps, noise):
+                    eps = torch.from_numpy(eps)[None]
+                    a = alphas[t]
+                    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                    pred = tr.network(x_t.float(), torch.tensor([int(t)]), cond, 1)
+                    goal = x0 if tr.config.schedule.prediction_type == "sample" else eps
+                    errs.append(float(((pred - goal) ** 2).mean()))
+                assert fast[qi, ni] == pytest.approx(np.mean(errs), rel=1e-4)
+    shared = tr.denoise_error(queries, p.a[:5], timesteps, noise, "from-audio")
+    np.testing.assert_allclose(shared[0], fast[0], rtol=1e-5)
+
+
+# -- Algorithm 1 ------------------------------------------------------------------------------
+
+
+def test_direction_flips_exactly_at_multiples_of_the_interval(pairs_file, tmp_path):
+    seen = []
+    train(pairs_file, tmp_path / "m", tiny_config(epochs=5, max_steps=40, interval=7), progress=False,
+          on_step=lambda step, d, loss: seen.append((step, d)), log=lambda s: None)
+    steps, dirs = zip(*seen)
+    assert list(steps) == list(range(40))
+    flips = [s for s in range(1, 40) if dirs[s] != dirs[s - 1]]
+    assert flips == [7, 14, 21, 28, 35]
+    assert dirs[0] == 0 and all(dirs[s] == (s // 7) % 2 for s in steps)
+    assert [direction_at(s, 5, bidirectional=False) for s in range(20)] == [0] * 20
+
+
+def test_no_bidirectional_trains_only_to_audio(pairs_file, tmp_path):
+    seen = []
+    tr = train(pairs_file, tmp_path / "m", tiny_config(max_steps=20, interval=3, bidirectional=False), progress=False,
+               on_step=lambda step, d, loss: seen.append(d), log=lambda s: None)
+    assert set(seen) == {0}
+    with pytest.raises(DiffgapError, match="no-bidirectional"):
+        tr.translate(np.ones((1, 24), np.float32), "from-audio")
+
+
+def test_seeded_training_reproduces(pairs_file, tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(pairs_file, tmp_path / name, tiny_config(max_steps=25, seed=seed), progress=False, log=lambda s: None)
+    a, b, c = (load_file(str(tmp_path / n / "model.safetensors")) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_loss_falls_on_synthetic_pairs(tmp_path):
+    p = make_pairs(4000, GapConfig(dim_a=32, dim_b=32), seed=0)
+    path = write_pairs(tmp_path / "p.parquet", p.a, p.b)
+    cfg = tiny_config(epochs=4, batch_size=64, interval=100000, network=NetworkConfig(hidden=64, emb=64, blocks=2),
+                      val_queries=200, val_steps=5)
+    train(path, tmp_path / "m", cfg, progress=False, log=lambda s: None)
+    log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4
+    assert log[-1]["train_loss"] < 0.85 * log[0]["train_loss"]
+    assert log[-1]["val_loss_to-audio"] < log[0]["val_loss_to-audio"]
+    # and the translation finds its targets well above chance (1/200 in a 200-way validation)
+    assert log[-1]["val_gallery"] == 200
+    assert log[-1]["val_R@1"] >= 4 / 200
+    assert log[-1]["val_R@1"] > log[0]["val_R@1"]
+
+
+def test_resume_continues_the_same_run(pairs_file, tmp_path):
+    straight = tmp_path / "straight"
+    train(pairs_file, straight, tiny_config(max_steps=33, checkpoint_every=5), progress=False, log=lambda s: None)
+    part = tmp_path / "part"
+    train(pairs_file, part, tiny_config(max_steps=12, checkpoint_every=5), progress=False, log=lambda s: None)
+    with pytest.raises(DiffgapError, match="--resume"):
+        train(pairs_file, part, tiny_config(max_steps=33), progress=False, log=lambda s: None)
+    with pytest.raises(DiffgapError, match="lr"):
+        train(pairs_file, part, tiny_config(max_steps=33, lr=1e-3), resume=True, progress=False, log=lambda s: None)
+    train(pairs_file, part, tiny_config(max_steps=33, checkpoint_every=5), resume=True, progress=False, log=lambda s: None)
+    a, b = load_file(str(straight / "training_state.safetensors")), load_file(str(part / "training_state.safetensors"))
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def test_save_load_gives_bit_identical_translations(trained, tmp_path):
+    out, tr = trained
+    again = Translator.load(out)
+    q = make_pairs(10, GapConfig(dim_a=24, dim_b=16), seed=7).b
+    kw = dict(steps=5, samples=2, guidance=1.5, eta=0.3)
+    x1 = tr.translate(q, generator=torch.Generator().manual_seed(123), **kw)
+    x2 = again.translate(q, generator=torch.Generator().manual_seed(123), **kw)
+    assert np.array_equal(x1, x2)
+    assert tr.parameter_count == again.parameter_count
+    copy = again.save(tmp_path / "copy")
+    x3 = Translator.load(copy).translate(q, generator=torch.Generator().manual_seed(123), **kw)
+    assert np.array_equal(x1, x3)
+
+
+def test_bad_checkpoints_give_clear_errors(trained, tmp_path):
+    import shutil
+
+    out, tr = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["format_version"] = 99
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DiffgapError, match="format version 99 is not supported"):
+        Translator.load(bad)
+    shutil.copy(out / "config.json", bad / "config.json")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DiffgapError, match="unreadable weights"):
+        Translator.load(bad)
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors["ema.in_proj.0.weight"] = torch.zeros(3, 3)
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(DiffgapError, match="ema.in_proj.0.weight|in_proj.0.weight"):
+        Translator.load(bad)
+    with pytest.raises(DiffgapError, match="missing"):
+        Translator.load(tmp_path / "nowhere")
+    with pytest.raises(DiffgapError, match="dim 20, the translator expects 16"):
+        tr.translate(np.ones((2, 20), np.float32))
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that a loader executed code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoint_never_unpickles(trained, tmp_path):
+    """A torch.save pickle in place of the weights is refused, and its code never runs."""
+    import shutil
+
+    out, _ = trained
+    bad = tmp_path / "pickled"
+    shutil.copytree(out, bad)
+    marker = tmp_path / "code-ran"
+    torch.save({"ema.x": _Trap(marker)}, bad / "model.safetensors")
+    with pytest.raises(DiffgapError, match="unreadable weights"):
+        Translator.load(bad)
+    assert not marker.exists()
+
+
+def test_pairs_validation_names_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = make_pairs(20, GapConfig(dim_a=8, dim_b=6), seed=0)
+    good = write_pairs(tmp_path / "good.parquet", p.a, p.b, group_id=np.arange(20) // 2)
+    pairs = read_pairs(good)
+    assert (pairs.dim_a, pairs.dim_b, len(pairs), int(pairs.group.max()) + 1) == (8, 6, 20, 10)
+    gallery, target = pairs.gallery()
+    np.testing.assert_array_equal(gallery, p.a[::2])
+    table = pq.read_table(good)
+    pq.write_table(table.drop(["b"]), tmp_path / "no_b.parquet")
+    with pytest.raises(DiffgapError, match="missing column 'b'"):
+        read_pairs(tmp_path / "no_b.parquet")
+    nan_b = p.b.copy()
+    nan_b[4, 2] = np.nan
+    write_pairs(tmp_path / "nan.parquet", p.a, nan_b)
+    with pytest.raises(DiffgapError, match=r"column 'b'.*row 4"):
+        read_pairs(tmp_path / "nan.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(DiffgapError, match="no pairs"):
+        read_pairs(tmp_path / "empty.parquet")
+    with pytest.raises(DiffgapError, match="dim"):
+        read_pairs(good, dim_a=9)
