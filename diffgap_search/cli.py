@@ -233,6 +233,126 @@ def synthetic(
         )
 
 
+# ---------------------------------------------------------------------------
+# the DiffGAP translator: train / translate
+# ---------------------------------------------------------------------------
+
+
+class Direction(str, Enum):
+    to_audio = "to-audio"
+    from_audio = "from-audio"
+
+
+class PredictionType(str, Enum):
+    epsilon = "epsilon"
+    sample = "sample"
+    v_prediction = "v_prediction"
+
+
+def torch_device(device: Device) -> str:
+    import torch
+
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise DiffgapError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
+    return device.value
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs parquet (a = audio-space, b = query-side embeddings)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the translator, its training state and logs."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="JSON settings, e.g. training/audiocaps.json; options below override it."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Passes over the training pairs [30]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Pairs per step [64]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate [2e-4]."),
+    interval: Optional[int] = typer.Option(None, "--interval", min=1, help="m: the direction flips every m steps [5000]."),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--no-bidirectional", help="Train both directions (BST), or only query->audio [bidirectional]."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of clips held out for validation when the file has no val split [0.05]."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between training-state saves [1000]."),
+    prediction_type: Optional[PredictionType] = typer.Option(None, "--prediction-type", help="What the network predicts [sample]."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in total."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, order and noise [0]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out exactly where it stopped."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto uses a GPU when torch sees one."),
+) -> None:
+    """Train a DiffGAP translator on a pairs file (bidirectional split training).
+
+    Example: diffgap-search train --pairs demo/pairs.parquet --out models/demo --recipe training/tiny.json
+    """
+    from dataclasses import replace
+
+    from diffgap_search.diffusion.train import TrainConfig, load_recipe, train
+
+    settings = load_recipe(recipe) if recipe else {}
+    config = TrainConfig.from_dict(settings, str(recipe) if recipe else "settings")
+    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, interval=interval, bidirectional=bidirectional,
+                     val_fraction=val_fraction, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed)
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if prediction_type is not None:
+        config = replace(config, schedule=replace(config.schedule, prediction_type=prediction_type.value))
+    try:
+        translator = train(pairs, out, config, resume=resume, device=torch_device(device), log=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; the last saved state is in {out}: continue with --resume", err=True)
+        raise typer.Exit(130) from None
+    last = translator.config.training.get("last_epoch", {})
+    summary = f"saved {out}: {translator.parameter_count:,} parameters, {translator.config.training.get('steps')} steps"
+    if "val_R@1" in last:
+        summary += f", validation translated R@1 {last['val_R@1']:.3f} ({last['val_N']} queries, {last['val_gallery']}-way)"
+    typer.echo(summary)
+
+
+@app.command("translate")
+@user_errors
+def translate_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Translator folder (from `train`)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Embeddings to translate: a parquet shard or a .npy."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: .parquet (ids and metadata kept) or .npy."),
+    direction: Direction = typer.Option(Direction.to_audio, "--direction", help="to-audio: query side -> audio space; from-audio: the reverse."),
+    steps: int = typer.Option(5, "--steps", min=1, help="DDIM sampling steps S."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Samples K averaged per input."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale w (1 = conditional only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
+    device: Device = typer.Option(Device.auto, "--device"),
+) -> None:
+    """Translate embeddings into the other space with a trained translator.
+
+    Example: diffgap-search translate --model models/demo --input demo/queries.parquet --out demo/queries_audio.parquet
+    """
+    import numpy as np
+    import torch
+
+    from diffgap_search.diffusion.translator import Translator
+    from diffgap_search.storage import read_embeddings, write_shard
+
+    if out.suffix not in (".parquet", ".npy"):
+        raise DiffgapError(f"--out {out}: use a .parquet or .npy file name")
+    translator = Translator.load(model, torch_device(device))
+    source_dim, _ = translator.dims(direction.value)
+    source, target = ((translator.config.space_b, translator.config.space_a) if direction == Direction.to_audio
+                      else (translator.config.space_a, translator.config.space_b))
+    emb = read_embeddings(input, dim=source_dim)
+    if emb.space and source.name and emb.space != source.name:
+        raise DiffgapError(f"{input}: embeddings are in space {emb.space!r}, the translator's {direction.value} input is {source.name!r}")
+    x = translator.translate(emb.vectors, direction.value, steps=steps, samples=samples, guidance=guidance,
+                             generator=torch.Generator().manual_seed(seed))
+    if out.suffix == ".npy":
+        import os
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".npy", dir=out.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, x)
+        os.replace(tmp, out)
+    else:
+        write_shard(out, emb.ids, x, emb.metadata, space=target.name, modality=target.modality)
+    typer.echo(f"translated {len(x)} vectors ({direction.value}, S={steps}, K={samples}, w={guidance}) -> {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point convenience
     app()
 

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
-from diffgap_search.diffusion.network import Denoiser, NetworkConfig
+from diffgap_search.diffusion.network import NetworkConfig
 from diffgap_search.diffusion.train import TrainConfig, direction_at, train
 from diffgap_search.diffusion.translator import Translator
 from diffgap_search.errors import DiffgapError
@@ -292,7 +292,6 @@ def test_checkpoint_never_unpickles(trained, tmp_path):
 
 
 def test_pairs_validation_names_the_column(tmp_path):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     p = make_pairs(20, GapConfig(dim_a=8, dim_b=6), seed=0)

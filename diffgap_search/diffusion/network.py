@@ -46,6 +46,16 @@ class NetworkConfig:
         return asdict(self)
 
 
+def check_network(config: NetworkConfig) -> None:
+    """Raise ValueError naming the first setting that is not a positive number of the right type."""
+    for name in ("dim_a", "dim_b", "hidden", "emb", "blocks"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"network.{name} = {value!r} is not a positive integer")
+    if not isinstance(config.mlp_ratio, (int, float)) or isinstance(config.mlp_ratio, bool) or config.mlp_ratio <= 0:
+        raise ValueError(f"network.mlp_ratio = {config.mlp_ratio!r} is not a positive number")
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps [n] -> [n, dim] (as in DDPM/ADM)."""
     half = dim // 2

@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,21 @@ class ScheduleConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_schedule(config: ScheduleConfig) -> None:
+    """Raise ValueError naming the first unusable setting."""
+    t = config.train_timesteps
+    if not isinstance(t, int) or isinstance(t, bool) or t < 2:
+        raise ValueError(f"schedule.train_timesteps = {t!r} is not an integer >= 2")
+    if config.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"schedule.beta_schedule = {config.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
+    if config.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"schedule.prediction_type = {config.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
+    for name in ("beta_start", "beta_end"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+            raise ValueError(f"schedule.{name} = {value!r} is not a number in (0, 1)")
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:

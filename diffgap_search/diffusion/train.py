@@ -31,16 +31,16 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from diffgap_search.diffusion.network import DIRECTIONS, Denoiser, NetworkConfig, count_parameters
+from diffgap_search.diffusion.network import DIRECTIONS, Denoiser, NetworkConfig, check_network, count_parameters
 from diffgap_search.diffusion.normalize import SpaceNorm
-from diffgap_search.diffusion.schedule import PREDICTION_TYPES, ScheduleConfig, prediction_target, training_scheduler
+from diffgap_search.diffusion.schedule import ScheduleConfig, check_schedule, prediction_target, training_scheduler
 from diffgap_search.diffusion.translator import Space, Translator, TranslatorConfig, save_checkpoint
 from diffgap_search.errors import DiffgapError
 from diffgap_search.pairs import Pairs, read_pairs, split_train_val
@@ -80,8 +80,12 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         try:
             if "network" in d:
+                if not isinstance(d["network"], dict):
+                    raise TypeError(f"network = {d['network']!r} is not an object")
                 d["network"] = NetworkConfig(**{k: v for k, v in d["network"].items() if k not in ("dim_a", "dim_b")})
             if "schedule" in d:
+                if not isinstance(d["schedule"], dict):
+                    raise TypeError(f"schedule = {d['schedule']!r} is not an object")
                 d["schedule"] = ScheduleConfig(**d["schedule"])
             config = cls(**d)
         except TypeError as exc:
@@ -90,19 +94,41 @@ class TrainConfig:
         return config
 
     def validate(self, source: str = "training settings") -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.interval >= 1, "interval must be >= 1"),
-            (0 <= self.cond_dropout < 1, "cond_dropout must be in [0, 1)"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
-            (self.schedule.prediction_type in PREDICTION_TYPES, f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DiffgapError(f"{source}: {message}")
+        """Raise DiffgapError naming the first setting of the wrong type or range."""
+        def number(name, kind=(int,), lo=None, hi=None, lo_open=False, optional=False):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DiffgapError(f"{source}: {name} = {value!r} is not a {'whole number' if kind == (int,) else 'number'}")
+            if lo is not None and (value <= lo if lo_open else value < lo):
+                raise DiffgapError(f"{source}: {name} = {value!r} must be {'>' if lo_open else '>='} {lo}")
+            if hi is not None and value >= hi:
+                raise DiffgapError(f"{source}: {name} = {value!r} must be < {hi}")
+
+        real = (int, float)
+        number("epochs", lo=1)
+        number("batch_size", lo=1)
+        number("lr", real, lo=0, lo_open=True)
+        number("interval", lo=1)
+        number("cond_dropout", real, lo=0, hi=1)
+        number("ema_decay", real, lo=0, hi=1)
+        number("grad_clip", real, lo=0)
+        number("val_fraction", real, lo=0, hi=1)
+        number("checkpoint_every", lo=1)
+        number("seed", lo=0)
+        number("val_queries", lo=1)
+        number("val_steps", lo=1)
+        number("max_steps", lo=1, optional=True)
+        if not isinstance(self.bidirectional, bool):
+            raise DiffgapError(f"{source}: bidirectional = {self.bidirectional!r} is not true or false")
+        try:
+            check_network(replace(self.network, dim_a=1, dim_b=1))
+            check_schedule(self.schedule)
+        except ValueError as exc:
+            raise DiffgapError(f"{source}: {exc}") from None
+        if self.val_steps > self.schedule.train_timesteps:
+            raise DiffgapError(f"{source}: val_steps = {self.val_steps} exceeds schedule.train_timesteps")
 
 
 def direction_at(step: int, interval: int, bidirectional: bool = True) -> int:
@@ -115,9 +141,12 @@ def load_recipe(path: str | Path) -> dict:
     if not path.exists():
         raise DiffgapError(f"{path}: no such recipe; recipes live in training/*.json")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        recipe = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DiffgapError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise DiffgapError(f"{path}: a recipe is a JSON object of settings, e.g. {{\"epochs\": 30}}")
+    return recipe
 
 
 # ---------------------------------------------------------------------------
@@ -266,10 +295,6 @@ def train(
     log: Callable[[str], None] = print,
 ) -> Translator:
     """Train a translator on a pairs file; returns it (EMA weights) after writing `out`."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-
     config.validate()
     out = Path(out)
     if isinstance(pairs, Pairs):
@@ -281,7 +306,22 @@ def train(
         raise DiffgapError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
     if resume and not (out / STATE).exists():
         raise DiffgapError(f"{out}: nothing to resume (no {STATE}); start without --resume")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(train_pairs, val_pairs, out, config, resume, device, progress, on_step, log)
+    except BaseException:
+        if created and not (out / STATE).exists():  # failed before saving anything: leave no empty folder
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_step, log) -> Translator:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
 
     torch_device = torch.device(device)
     run = _Run(config, train_pairs, torch_device)

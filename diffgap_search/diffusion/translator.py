@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffgap_search.diffusion.network import DIRECTIONS, Denoiser, NetworkConfig, count_parameters
+from diffgap_search.diffusion.network import DIRECTIONS, Denoiser, NetworkConfig, check_network, count_parameters
 from diffgap_search.diffusion.normalize import SpaceNorm
 from diffgap_search.diffusion.schedule import (
-    PREDICTION_TYPES,
     ScheduleConfig,
+    check_schedule,
     prediction_target,
     sampling_scheduler,
     training_scheduler,
@@ -76,8 +76,8 @@ class TranslatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "TranslatorConfig":
-        if d.get("format") != FORMAT:
-            raise DiffgapError(f"{source}: not a diffgap translator config (format {d.get('format')!r})")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DiffgapError(f"{source}: not a diffgap translator config; a translator folder is made by `diffgap-search train`")
         if d.get("format_version") != FORMAT_VERSION:
             raise DiffgapError(
                 f"{source}: translator format version {d.get('format_version')} is not supported by this "
@@ -86,12 +86,17 @@ class TranslatorConfig:
             )
         try:
             schedule = ScheduleConfig(**d["schedule"])
-            if schedule.prediction_type not in PREDICTION_TYPES:
-                raise ValueError(f"prediction_type {schedule.prediction_type!r}")
+            check_schedule(schedule)
+            network = NetworkConfig(**d["network"])
+            check_network(network)
+            for side in ("a", "b"):
+                dim = d["spaces"][side]["dim"]
+                if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+                    raise ValueError(f"spaces.{side}.dim = {dim!r} is not a positive integer")
             return cls(
                 space_a=Space(**d["spaces"]["a"]),
                 space_b=Space(**d["spaces"]["b"]),
-                network=NetworkConfig(**d["network"]),
+                network=network,
                 schedule=schedule,
                 bidirectional=bool(d["bidirectional"]),
                 training=d.get("training") or {},
@@ -158,7 +163,7 @@ class Translator:
         return (b, a) if d == 0 else (a, b)
 
     def _check(self, x, dim: int, what: str) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
+        x = torch.tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != dim:
@@ -187,8 +192,9 @@ class Translator:
         d = direction_index(direction)
         if d == 1 and not self.config.bidirectional:
             raise DiffgapError("this translator was trained with --no-bidirectional and has no from-audio direction")
-        if steps < 1 or samples < 1:
-            raise DiffgapError(f"steps and samples must be >= 1 (got steps={steps}, samples={samples})")
+        if not 1 <= steps <= self.config.schedule.train_timesteps or samples < 1:
+            raise DiffgapError(f"steps must be in 1..{self.config.schedule.train_timesteps} and samples >= 1 "
+                               f"(got steps={steps}, samples={samples})")
         src_dim, tgt_dim = self.dims(d)
         x = self._check(x, src_dim, f"{DIRECTIONS[d]} inputs")
         if start_step is not None and src_dim != tgt_dim:
@@ -255,7 +261,7 @@ class Translator:
         d = direction_index(direction)
         src_dim, tgt_dim = self.dims(d)
         target = self._check(target, tgt_dim, "denoise_error targets")
-        conditions = torch.as_tensor(np.asarray(conditions, dtype=np.float32) if not isinstance(conditions, torch.Tensor) else conditions).float().to(self.device)
+        conditions = (torch.tensor(np.asarray(conditions, dtype=np.float32)) if not isinstance(conditions, torch.Tensor) else conditions.float()).to(self.device)
         if conditions.ndim == 2:
             conditions = conditions[None].expand(len(target), -1, -1)
         if conditions.ndim != 3 or conditions.shape[0] != len(target) or conditions.shape[2] != src_dim:
