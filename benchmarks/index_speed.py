@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_block, markdown_table, p50, p99, timings  # noqa: E402
+from common import RESULTS, machine_block, markdown_table, p50, p99  # noqa: E402
 
 from diffgap_search.index import EmbeddingIndex, recall_at_k  # noqa: E402
 from diffgap_search.storage import embeddings_table, read_embeddings, write_table_atomic  # noqa: E402
@@ -59,20 +59,19 @@ def bench_one(shards: Path, out: Path, index_type: str, xq: np.ndarray, gt: np.n
     one = [xq[i : i + 1] for i in range(singles)]
     batch = xq[:BATCH]
 
-    # per-call latencies for single queries
-    def per_call(fn_one) -> list[float]:
-        lat = []
-        for q in one:
-            t = time.perf_counter()
-            fn_one(q)
-            lat.append(time.perf_counter() - t)
-        return lat
+    # ours and bare FAISS alternate call by call, so that any background load hits both alike
+    def alternating(fn_a, fn_b, calls) -> tuple[list[float], list[float]]:
+        lat_a, lat_b = [], []
+        for call in calls:
+            for fn, lat in ((fn_a, lat_a), (fn_b, lat_b)):
+                t = time.perf_counter()
+                fn(call)
+                lat.append(time.perf_counter() - t)
+        return lat_a, lat_b
 
-    per_call(lambda q: index.search(q, K))  # warm-up
-    ours_1 = per_call(lambda q: index.search(q, K))
-    bare_1 = per_call(lambda q: faiss_index.search(q, K))
-    ours_b = timings(lambda: index.search(batch, K), repeats)
-    bare_b = timings(lambda: faiss_index.search(batch, K), repeats)
+    alternating(lambda q: index.search(q, K), lambda q: faiss_index.search(q, K), one[:20])  # warm-up
+    ours_1, bare_1 = alternating(lambda q: index.search(q, K), lambda q: faiss_index.search(q, K), one)
+    ours_b, bare_b = alternating(lambda q: index.search(q, K), lambda q: faiss_index.search(q, K), [batch] * repeats)
     recall = recall_at_k(index.search(xq[:BATCH], K).positions, gt[:BATCH])
     files = [f for f in out.rglob("*") if f.is_file()]
     return {

@@ -507,8 +507,9 @@ class EmbeddingIndex:
                 f"{source} have dim {got}, the index {self.root} has dim {self.dim} (space {self.space!r}); "
                 "use embeddings from the index's encoder"
             )
-        xq = np.array(xq, dtype=np.float32, order="C", copy=True)
-        xq, _ = check_vectors(xq, source)
+        if xq.dtype != np.float32 or not xq.flags.c_contiguous:
+            xq = np.ascontiguousarray(xq, dtype=np.float32)
+        xq, _ = check_vectors(xq, source, inplace=False)  # the caller's array is never modified
         return xq
 
     def search(self, xq: np.ndarray, k: int = 10, *, space: str | None = None) -> SearchResult:
@@ -517,9 +518,11 @@ class EmbeddingIndex:
             raise DiffgapError(f"k must be at least 1, got {k}")
         xq = self.check_queries(xq, space=space)
         D, I = self.index.search(xq, k)
-        hit = I >= 0
-        ids = np.where(hit, self.ids[np.where(hit, I, 0)], -1)
-        D = np.where(hit, D, -np.inf).astype(np.float32)
+        ids = self.ids[I]  # position -1 (fewer than k hits) maps to the last id here; fixed below
+        missing = I < 0
+        if missing.any():
+            ids[missing] = -1
+            D[missing] = -np.inf
         return SearchResult(scores=D, ids=ids, positions=I, index=self)
 
     def positions_of(self, ids: np.ndarray) -> np.ndarray:

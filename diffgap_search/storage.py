@@ -23,6 +23,7 @@ float32, no nulls); otherwise one copy is made.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -69,12 +70,14 @@ class Embeddings:
 # ---------------------------------------------------------------------------
 
 
-def check_vectors(vectors: np.ndarray, source: str, *, dim: int | None = None, row_offset: int = 0) -> tuple[np.ndarray, int]:
+def check_vectors(
+    vectors: np.ndarray, source: str, *, dim: int | None = None, row_offset: int = 0, inplace: bool = True
+) -> tuple[np.ndarray, int]:
     """Refuse NaN/inf/zero rows and wrong dims; L2-normalize rows that are not unit-norm.
 
     Returns (vectors, number of rows normalized). The input is returned as is when
     every row is already unit-norm (a zero-copy view stays one); otherwise rows are
-    normalized in place, or in a copy when the input is read-only.
+    normalized in place (`inplace` and writable), or in a copy.
     `row_offset` makes row numbers in messages count from the start of the file.
     """
     if vectors.ndim != 2:
@@ -86,14 +89,22 @@ def check_vectors(vectors: np.ndarray, source: str, *, dim: int | None = None, r
             f"{source}: embedding dim is {vectors.shape[1]}, expected {dim}; "
             "use embeddings from the same encoder as the index"
         )
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise DiffgapError(
-            f"{source}: row {row + row_offset} contains NaN or inf "
-            f"({int((~finite).sum())} such rows); re-embed or drop those rows"
-        )
-    norms = np.linalg.norm(vectors, axis=1)
+    # fast path (every query goes through here): all squared norms within tolerance of 1;
+    # NaN or inf make min/max non-finite and take the slow path, which names the row
+    squared = np.einsum("ij,ij->i", vectors, vectors)
+    lo, hi = float(squared.min()), float(squared.max())
+    if math.isfinite(lo) and math.isfinite(hi) and (1 - NORM_TOL) ** 2 <= lo and hi <= (1 + NORM_TOL) ** 2:
+        return vectors, 0
+    norms = np.sqrt(squared)
+    if not np.isfinite(norms).all():
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise DiffgapError(
+                f"{source}: row {row + row_offset} contains NaN or inf "
+                f"({int((~finite).sum())} such rows); re-embed or drop those rows"
+            )
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)  # finite values too large to square in float32
     zero = norms == 0
     if zero.any():
         row = int(np.flatnonzero(zero)[0])
@@ -103,9 +114,9 @@ def check_vectors(vectors: np.ndarray, source: str, *, dim: int | None = None, r
         )
     off = np.abs(norms - 1.0) > NORM_TOL
     if off.any():
-        if not vectors.flags.writeable:
+        if not (inplace and vectors.flags.writeable):
             vectors = np.array(vectors, dtype=np.float32, order="C", copy=True)
-        vectors[off] /= norms[off, None]
+        vectors[off] = (vectors[off] / norms[off, None]).astype(np.float32)
     return vectors, int(off.sum())
 
 
