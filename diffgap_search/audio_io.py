@@ -67,8 +67,8 @@ def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     except DecodeError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, UnicodeDecodeError) as exc:
-        reason = str(exc).split(":", 1)[0] if isinstance(exc, av.error.FFmpegError) else str(exc)
-        raise DecodeError(f"{path}: cannot decode ({type(exc).__name__}: {reason.strip() or 'unknown error'})") from None
+        reason = (getattr(exc, "strerror", None) or str(exc)).strip() or "unknown error"
+        raise DecodeError(f"{path}: cannot decode ({reason})") from None
     if not chunks:
         raise DecodeError(f"{path}: no audio samples (zero-length or truncated before the first frame)")
     samples = np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float64).astype(np.float32)

@@ -353,6 +353,49 @@ def translate_command(
     typer.echo(f"translated {len(x)} vectors ({direction.value}, S={steps}, K={samples}, w={guidance}) -> {out}")
 
 
+# ---------------------------------------------------------------------------
+# encoders: embed
+# ---------------------------------------------------------------------------
+
+
+class Modality(str, Enum):
+    audio = "audio"
+    text = "text"
+
+
+@app.command("embed")
+@user_errors
+def embed_command(
+    inputs: List[Path] = typer.Argument(..., help="Audio/video files, folders (searched recursively), CSV manifests; for text: caption files or CSVs."),
+    encoder: str = typer.Option(..., "--encoder", "-E", help="Encoder spec, e.g. hf:laion/clap-htsat-unfused or hf:/path/to/clap."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shard (.parquet); re-running skips files already in it."),
+    modality: Modality = typer.Option(Modality.audio, "--modality", help="audio (also the audio track of videos) or text."),
+    per_window: bool = typer.Option(False, "--per-window", help="One row per 10 s window (with start_s) instead of one per file."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows or captions per forward pass."),
+    device: Device = typer.Option(Device.auto, "--device"),
+) -> None:
+    """Embed audio files or captions into a parquet shard (resumable; undecodable files are listed, not fatal).
+
+    Example: diffgap-search embed --encoder hf:laion/clap-htsat-unfused clips/ --out clips.parquet
+    """
+    from diffgap_search.encoders import load_encoder
+    from diffgap_search.ingest import embed_captions, embed_media
+
+    enc = load_encoder(encoder, device=torch_device(device), batch_size=batch_size)
+    if modality == Modality.text:
+        report = embed_captions(enc, inputs, out, batch=batch_size)
+    else:
+        report = embed_media(enc, inputs, out, per_window=per_window)
+    rate = report.embedded / report.seconds if report.seconds else 0.0
+    typer.echo(f"{out}: {report.rows} rows in space {enc.space!r} (dim {enc.dim}); embedded {report.embedded} "
+               f"({rate:.1f}/s), skipped {report.skipped} already embedded, {len(report.failed)} failed")
+    if report.failed:
+        for path, reason in report.failed[:5]:
+            typer.echo(f"  failed: {path}: {reason}", err=True)
+        more = len(report.failed) - 5
+        typer.echo(f"  {'and ' + str(more) + ' more; ' if more > 0 else ''}all in {out.parent / (out.stem + '.errors.csv')}", err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point convenience
     app()
 
