@@ -78,7 +78,9 @@ def _json_default(value):
 @app.command("build-index")
 @user_errors
 def build_index(
-    embeddings: List[Path] = typer.Option(..., "--embeddings", "-e", help="Parquet shards (id, embedding, metadata), or one .npy [n, d]. Repeat for several."),
+    media: Optional[List[Path]] = typer.Argument(None, help="Audio/video files or folders to embed first (needs --encoder)."),
+    embeddings: Optional[List[Path]] = typer.Option(None, "--embeddings", "-e", help="Parquet shards (id, embedding, metadata), or one .npy [n, d]. Repeat for several."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-E", help="Embed MEDIA with this encoder first, e.g. hf:laion/clap-htsat-unfused."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically if it exists)."),
     index_type: IndexType = typer.Option(IndexType.auto, "--index-type", help="auto: flat up to 1M vectors within the budget, then HNSW, then IVF-PQ."),
     space: Optional[str] = typer.Option(None, "--space", help="Name of the embedding space (default: from the shards' metadata)."),
@@ -87,12 +89,30 @@ def build_index(
     recall_target: float = typer.Option(0.95, "--recall-target", help="recall@10 against exact search that tuning must reach."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Parquet or CSV rows for a .npy input, same order (an `id` column gives ids)."),
 ) -> None:
-    """Build a FAISS index folder from embedding shards.
+    """Build a FAISS index folder from embedding shards, or from audio files with --encoder.
 
     Example: diffgap-search build-index --embeddings corpus/*.parquet --out indexes/clips
+
+    Example: diffgap-search build-index clips/ --encoder hf:laion/clap-htsat-unfused --out indexes/clips
+    (embeddings are cached in indexes/clips.embeddings.parquet: a re-run embeds only new files)
     """
     from diffgap_search.index import EmbeddingIndex
 
+    if media and not encoder:
+        raise DiffgapError("media inputs need --encoder (e.g. --encoder hf:laion/clap-htsat-unfused); or pass --embeddings")
+    if encoder and not media:
+        raise DiffgapError("--encoder needs audio files or folders to embed (build-index clips/ --encoder ...)")
+    if bool(media) == bool(embeddings):
+        raise DiffgapError("give either --embeddings shards or media files with --encoder, not both and not neither")
+    if media:
+        from diffgap_search.encoders import load_encoder
+        from diffgap_search.ingest import embed_media
+
+        cache = out.parent / f"{out.name}.embeddings.parquet"
+        report = embed_media(load_encoder(encoder, device=torch_device(device)), list(media), cache)
+        typer.echo(f"embedded {report.embedded} files ({report.skipped} cached, {len(report.failed)} failed"
+                   + (f": see {cache.parent / (cache.stem + '.errors.csv')}" if report.failed else "") + ")", err=True)
+        embeddings = [cache]
     index = EmbeddingIndex.build(
         embeddings, out, index_type=index_type.value, space=space, device=device.value,
         memory_budget=memory_budget, recall_target=recall_target, metadata=metadata,

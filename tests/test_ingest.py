@@ -117,3 +117,19 @@ def test_embed_cli_reports_failures_and_builds_an_index(clap_dir, media, tmp_pat
     assert built.exit_code == 0, built.output
     bad = runner.invoke(app, ["embed", str(media), "--encoder", "hf:/no/such/model", "--out", str(out)])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+def test_build_index_straight_from_media(clap_dir, media, tmp_path):
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    result = runner.invoke(app, ["build-index", str(media), "--encoder", f"hf:{clap_dir}", "--out", str(ix)])
+    assert result.exit_code == 0, result.output
+    assert "built" in result.stdout and "3 failed" in result.stderr
+    from diffgap_search.index import EmbeddingIndex
+
+    index = EmbeddingIndex.load(ix)
+    assert len(index) == 7 and index.space.startswith("clap:")
+    again = runner.invoke(app, ["build-index", str(media), "--encoder", f"hf:{clap_dir}", "--out", str(ix)])
+    assert "7 cached" in again.stderr or "0 files" in again.stderr
+    neither = runner.invoke(app, ["build-index", "--out", str(ix)])
+    assert neither.exit_code == 2 and neither.stderr.startswith("error: ")
