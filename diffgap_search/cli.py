@@ -80,7 +80,8 @@ def _json_default(value):
 def build_index(
     media: Optional[List[Path]] = typer.Argument(None, help="Audio/video files or folders to embed first (needs --encoder)."),
     embeddings: Optional[List[Path]] = typer.Option(None, "--embeddings", "-e", help="Parquet shards (id, embedding, metadata), or one .npy [n, d]. Repeat for several."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", "-E", help="Embed MEDIA with this encoder first, e.g. hf:laion/clap-htsat-unfused."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-E", help="Embed MEDIA with this encoder first, e.g. hf:laion/clap-htsat-unfused or laion-clap:HTSAT-tiny (with --checkpoint)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights file of a laion-clap encoder, e.g. 630k-audioset-best.pt (read as tensors only, never unpickled)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically if it exists)."),
     index_type: IndexType = typer.Option(IndexType.auto, "--index-type", help="auto: flat up to 1M vectors within the budget, then HNSW, then IVF-PQ."),
     space: Optional[str] = typer.Option(None, "--space", help="Name of the embedding space (default: from the shards' metadata)."),
@@ -95,6 +96,8 @@ def build_index(
 
     Example: diffgap-search build-index clips/ --encoder hf:laion/clap-htsat-unfused --out indexes/clips
     (embeddings are cached in indexes/clips.embeddings.parquet: a re-run embeds only new files)
+
+    Example: diffgap-search build-index clips/ --encoder laion-clap:HTSAT-tiny --checkpoint 630k-audioset-best.pt --out indexes/clips
     """
     from diffgap_search.index import EmbeddingIndex
 
@@ -102,6 +105,8 @@ def build_index(
         raise DiffgapError("media inputs need --encoder (e.g. --encoder hf:laion/clap-htsat-unfused); or pass --embeddings")
     if encoder and not media:
         raise DiffgapError("--encoder needs audio files or folders to embed (build-index clips/ --encoder ...)")
+    if checkpoint and not encoder:
+        raise DiffgapError("--checkpoint goes with --encoder laion-clap:... (build-index clips/ --encoder laion-clap:HTSAT-tiny --checkpoint FILE)")
     if bool(media) == bool(embeddings):
         raise DiffgapError("give either --embeddings shards or media files with --encoder, not both and not neither")
     if media:
@@ -109,7 +114,7 @@ def build_index(
         from diffgap_search.ingest import embed_media
 
         cache = out.parent / f"{out.name}.embeddings.parquet"
-        report = embed_media(load_encoder(encoder, device=torch_device(device)), list(media), cache)
+        report = embed_media(load_encoder(encoder, device=torch_device(device), checkpoint=checkpoint), list(media), cache)
         typer.echo(f"embedded {report.embedded} files ({report.skipped} cached, {len(report.failed)} failed"
                    + (f": see {cache.parent / (cache.stem + '.errors.csv')}" if report.failed else "") + ")", err=True)
         embeddings = [cache]
@@ -279,6 +284,13 @@ def torch_device(device: Device) -> str:
     return device.value
 
 
+def run_steps(out: Path) -> int:
+    """Steps done by the run in `out` (its log's last row)."""
+    log = out / "log.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
 @app.command("train")
 @user_errors
 def train_command(
@@ -318,10 +330,12 @@ def train_command(
     except KeyboardInterrupt:
         typer.echo(f"interrupted; the last saved state is in {out}: continue with --resume", err=True)
         raise typer.Exit(130) from None
-    last = translator.config.training.get("last_epoch", {})
-    summary = f"saved {out}: {translator.parameter_count:,} parameters, {translator.config.training.get('steps')} steps"
-    if "val_R@1" in last:
-        summary += f", validation translated R@1 {last['val_R@1']:.3f} ({last['val_N']} queries, {last['val_gallery']}-way)"
+    training = translator.config.training
+    chosen = training.get("epoch", {})
+    summary = f"saved {out}: {translator.parameter_count:,} parameters, {run_steps(out)} steps"
+    if "val_R@1" in chosen:
+        summary += (f"; kept epoch {chosen['epoch']} ({training.get('selected')}): validation translated R@1 "
+                    f"{chosen['val_R@1']:.3f} ({chosen['val_N']} queries, {chosen['val_gallery']}-way)")
     typer.echo(summary)
 
 
@@ -387,7 +401,8 @@ class Modality(str, Enum):
 @user_errors
 def embed_command(
     inputs: List[Path] = typer.Argument(..., help="Audio/video files, folders (searched recursively), CSV manifests; for text: caption files or CSVs."),
-    encoder: str = typer.Option(..., "--encoder", "-E", help="Encoder spec, e.g. hf:laion/clap-htsat-unfused or hf:/path/to/clap."),
+    encoder: str = typer.Option(..., "--encoder", "-E", help="Encoder spec, e.g. hf:laion/clap-htsat-unfused, hf:/path/to/clap, laion-clap:HTSAT-tiny or laion-clap:HTSAT-tiny+fusion (with --checkpoint)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights file of a laion-clap encoder, e.g. 630k-audioset-best.pt (read as tensors only, never unpickled)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard (.parquet); re-running skips files already in it."),
     modality: Modality = typer.Option(Modality.audio, "--modality", help="audio (also the audio track of videos) or text."),
     per_window: bool = typer.Option(False, "--per-window", help="One row per 10 s window (with start_s) instead of one per file."),
@@ -397,11 +412,13 @@ def embed_command(
     """Embed audio files or captions into a parquet shard (resumable; undecodable files are listed, not fatal).
 
     Example: diffgap-search embed --encoder hf:laion/clap-htsat-unfused clips/ --out clips.parquet
+
+    Example: diffgap-search embed --encoder laion-clap:HTSAT-tiny --checkpoint 630k-audioset-best.pt clips/ --out clips.parquet
     """
     from diffgap_search.encoders import load_encoder
     from diffgap_search.ingest import embed_captions, embed_media
 
-    enc = load_encoder(encoder, device=torch_device(device), batch_size=batch_size)
+    enc = load_encoder(encoder, device=torch_device(device), batch_size=batch_size, checkpoint=checkpoint)
     if modality == Modality.text:
         report = embed_captions(enc, inputs, out, batch=batch_size)
     else:

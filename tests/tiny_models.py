@@ -7,8 +7,11 @@ The tokenizer is a byte-level BPE trained on the real AudioCaps captions in
 from __future__ import annotations
 
 import csv
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import shared_data
@@ -28,8 +31,11 @@ def roberta_tokenizer(folder: Path, vocab_size: int = 400):
     bpe.train_from_iterator(caption_corpus(), vocab_size=vocab_size, min_frequency=2,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(folder))
-    return RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
-                                model_max_length=64)
+    # from_pretrained reads vocab.json + merges.txt under transformers 4 and 5 alike (5 ignores the
+    # vocab_file/merges_file arguments of the constructor and would leave only the 5 special tokens)
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(folder), model_max_length=64)
+    assert len(tokenizer) == len(bpe.get_vocab()), (len(tokenizer), len(bpe.get_vocab()))
+    return tokenizer
 
 
 def tiny_hf_clap(folder: Path, seed: int = 0) -> Path:
@@ -46,3 +52,71 @@ def tiny_hf_clap(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     ClapProcessor(feature_extractor=ClapFeatureExtractor(), tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+LAION_CACHE_REVISION = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex name for the snapshot
+
+
+@contextmanager
+def hf_cache(home: Path):
+    """Use `home` as HF_HOME (its hub/ as the cache) in this process, restoring everything after.
+
+    huggingface_hub reads HF_HOME / HF_HUB_CACHE when it is imported (already done in a pytest
+    process that used transformers), and reads its module constants at each download call:
+    so both the variables and the constants are set.
+    """
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(home))
+        mp.setenv("HF_HUB_CACHE", str(home / "hub"))
+        mp.setattr(constants, "HF_HOME", str(home))
+        mp.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+        yield home
+
+
+def tiny_roberta_cache(home: Path, seed: int = 0) -> Path:
+    """A Hugging Face cache (HF_HOME) holding a random 1-layer `roberta-base` and a BPE tokenizer.
+
+    laion_clap builds RobertaModel/RobertaTokenizer.from_pretrained('roberta-base'); its text
+    projection takes 768 inputs, so hidden_size stays 768 (1 layer, small FFN); positions
+    cover its 77 tokens (+2: RoBERTa's positions start after the padding index). Weights are
+    drawn wider than RoBERTa's 0.02 so that different captions get clearly different embeddings.
+    """
+    from transformers import RobertaConfig, RobertaModel
+
+    snapshot = home / "hub" / "models--roberta-base" / "snapshots" / LAION_CACHE_REVISION
+    tokenizer = roberta_tokenizer(home / "tokenizer-src")
+    tokenizer.model_max_length = 512
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, initializer_range=0.5,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    RobertaModel(config).save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    for name in ("vocab.json", "merges.txt"):  # as in the real repository (transformers 5 saves only tokenizer.json)
+        if not (snapshot / name).exists():
+            shutil.copy(home / "tokenizer-src" / name, snapshot / name)
+    (snapshot.parents[1] / "refs").mkdir(parents=True, exist_ok=True)
+    (snapshot.parents[1] / "refs" / "main").write_text(LAION_CACHE_REVISION)
+    return home
+
+
+def tiny_laion_checkpoint(path: Path, home: Path, *, amodel: str = "HTSAT-tiny", fusion: bool = False, seed: int = 0) -> Path:
+    """A checkpoint in LAION's own layout from a randomly initialised CLAP (HTSAT audio, RoBERTa text).
+
+    {"state_dict": {"module." + name: tensor, ..., "module.text_branch.embeddings.position_ids": [1, 80]}}
+    (DistributedDataParallel's prefix, and the key that newer transformers reject), as the
+    official 630k-*.pt files. Built the way CLAP_Module builds its model, with `home` as the cache.
+    """
+    from diffgap_search.encoders.laion import _clap_module, hub_offline
+
+    with hf_cache(home), hub_offline():
+        torch.manual_seed(seed)
+        model, _ = _clap_module().create_model(amodel, "roberta", precision="fp32", device="cpu", enable_fusion=fusion,
+                                               **({"fusion_type": "aff_2d"} if fusion else {}))
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    positions = model.text_branch.config.max_position_embeddings
+    state["module.text_branch.embeddings.position_ids"] = torch.arange(positions)[None]
+    torch.save({"epoch": 45, "name": "tiny-random", "state_dict": state}, path)
+    return path
