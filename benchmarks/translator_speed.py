@@ -80,7 +80,8 @@ def matmul_flops(device: str, n: int, runs: int) -> tuple[float, float]:
 
 def direction_linear_weights(net: Denoiser, direction: int) -> int:
     """Weights of the nn.Linear layers a forward pass in `direction` uses (not the other direction's projections)."""
-    unused = {id(m) for lst in (net.cond_proj, net.in_proj, net.out_proj) for m in lst[1 - direction].modules()}
+    per_direction = [net.cond_proj, net.in_proj, net.out_proj] + ([net.cond_in] if net.cond_in is not None else [])
+    unused = {id(m) for lst in per_direction for m in lst[1 - direction].modules()}
     return sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear) and id(m) not in unused)
 
 

@@ -41,6 +41,7 @@ class NetworkConfig:
     emb: int = 160  # width of the conditioning vector c (192/160/3 blocks: 1.40 M parameters at 512/512)
     blocks: int = 3
     mlp_ratio: float = 2.0
+    cond_input: bool = True  # also add a projection of the condition to the residual stream's input
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +53,8 @@ def check_network(config: NetworkConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"network.{name} = {value!r} is not a positive integer")
+    if not isinstance(config.cond_input, bool):
+        raise ValueError(f"network.cond_input = {config.cond_input!r} is not true or false")
     if not isinstance(config.mlp_ratio, (int, float)) or isinstance(config.mlp_ratio, bool) or config.mlp_ratio <= 0:
         raise ValueError(f"network.mlp_ratio = {config.mlp_ratio!r} is not a positive number")
 
@@ -97,6 +100,10 @@ class Denoiser(nn.Module):
         self.null_condition = nn.Parameter(torch.zeros(2, e))
         self.cond_proj = nn.ModuleList([nn.Linear(dims[d][1], e) for d in (0, 1)])
         self.in_proj = nn.ModuleList([nn.Linear(dims[d][0], h) for d in (0, 1)])
+        # a direct path from the condition into the residual stream: at high noise x_t carries
+        # nothing and the output must come from the condition alone (measured: see
+        # benchmarks/results/translator_study.md)
+        self.cond_in = nn.ModuleList([nn.Linear(dims[d][1], h) for d in (0, 1)]) if config.cond_input else None
         self.blocks = nn.ModuleList([Block(h, e, config.mlp_ratio) for _ in range(config.blocks)])
         self.final_norm = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Linear(e, 2 * h)
@@ -145,8 +152,13 @@ class Denoiser(nn.Module):
             raise ValueError(f"direction must be 0 (to-audio) or 1 (from-audio), got {direction}")
         if c is None:
             c = self.conditioning(t, cond, direction, keep)
-        c = torch.nn.functional.silu(c)
         x = self.in_proj[direction](x_t)
+        if self.cond_in is not None and cond is not None:
+            direct = self.cond_in[direction](cond)
+            if keep is not None:
+                direct = direct * keep[:, None]
+            x = x + direct
+        c = torch.nn.functional.silu(c)
         for block in self.blocks:
             x = block(x, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)

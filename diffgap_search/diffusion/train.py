@@ -64,6 +64,7 @@ class TrainConfig:
     val_queries: int = 1000  # validation R@1 is measured on at most this many queries
     val_steps: int = 5
     max_steps: int | None = None  # stop after this many steps in total (for tests and quick runs)
+    keep_best: bool = True  # the saved translator is the epoch with the best validation R@1 (not the last)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -120,6 +121,8 @@ class TrainConfig:
         number("val_queries", lo=1)
         number("val_steps", lo=1)
         number("max_steps", lo=1, optional=True)
+        if not isinstance(self.keep_best, bool):
+            raise DiffgapError(f"{source}: keep_best = {self.keep_best!r} is not true or false")
         if not isinstance(self.bidirectional, bool):
             raise DiffgapError(f"{source}: bidirectional = {self.bidirectional!r} is not true or false")
         try:
@@ -334,6 +337,7 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     elapsed0 = 0.0
+    best = None
     if resume:
         state_path = out / STATE
         try:
@@ -354,6 +358,7 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
         run.load_state_tensors(tensors, state_path)
         run.step = int(meta["step"])
         elapsed0 = float(meta.get("elapsed_s", 0.0))
+        best = meta.get("best")
         a, b = run.norm_a(torch.from_numpy(np.array(train_pairs.a)).to(torch_device)), run.norm_b(torch.from_numpy(np.array(train_pairs.b)).to(torch_device))
 
     params = count_parameters(run.model)
@@ -362,7 +367,7 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
         + (f", direction flips every {config.interval}" if config.bidirectional else ", to-audio only (no BST)"))
 
     def meta_now() -> dict:
-        return {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed0 + time.perf_counter() - t_start}
+        return {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best": best}
 
     t_start = time.perf_counter()
     epoch_losses: list[float] = []
@@ -395,9 +400,14 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
                 row["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_start, 2)
                 _append_log(out, row)
                 epoch_losses = []
-                extra = {"parameters": params, "steps": run.step, "last_epoch": row}
-                save_checkpoint(out, translator_config(run, train_pairs, extra), run.ema.state_dict(), run.model.state_dict(),
-                                (run.norm_a, run.norm_b))
+                # keep the epoch that validates best (translated R@1, then loss): small pair sets overfit
+                score = [row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
+                if not config.keep_best or score is None or best is None or score > best["score"]:
+                    best = {"score": score, "epoch": row["epoch"], "step": run.step}
+                    extra = {"parameters": params, "steps": run.step, "epoch": row, "selected": "best validation R@1"
+                             if config.keep_best and score is not None else "last"}
+                    save_checkpoint(out, translator_config(run, train_pairs, extra), run.ema.state_dict(),
+                                    run.model.state_dict(), (run.norm_a, run.norm_b))
             if end_of_epoch or run.step % config.checkpoint_every == 0:
                 _save_state(run, out, meta_now())
     finally:
