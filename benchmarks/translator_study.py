@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 
 from diffgap_search.baselines import fit_ridge  # noqa: E402
+from diffgap_search.diffusion.network import NetworkConfig  # noqa: E402
 from diffgap_search.diffusion.schedule import ScheduleConfig  # noqa: E402
 from diffgap_search.diffusion.train import TrainConfig, train  # noqa: E402
 from diffgap_search.metrics import recall_at, target_ranks  # noqa: E402
@@ -37,7 +38,9 @@ from diffgap_search.pairs import read_pairs, split_train_val  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xmodel"
 BASE = TrainConfig(epochs=30, val_fraction=0.1)  # the paper's settings: Adam 2e-4, batch 64, m = 5000
 VARIANTS = {
-    "base": ("x0 (sample) prediction, paper settings", BASE),
+    "base": ("x0 (sample) prediction, paper settings, direct condition path, best epoch kept", BASE),
+    "no-cond-input": ("as base, without the direct condition path and keeping the last epoch (the first design)",
+                      replace(BASE, keep_best=False, network=NetworkConfig(cond_input=False))),
     "eps": ("epsilon prediction", replace(BASE, schedule=ScheduleConfig(prediction_type="epsilon"))),
     "v": ("v prediction", replace(BASE, schedule=ScheduleConfig(prediction_type="v_prediction"))),
     "lr1e-3": ("x0, lr 1e-3", replace(BASE, lr=1e-3)),

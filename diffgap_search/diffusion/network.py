@@ -37,8 +37,8 @@ DIRECTIONS = ("to-audio", "from-audio")
 class NetworkConfig:
     dim_a: int = 512  # audio space (the index side)
     dim_b: int = 512  # query side (text or video)
-    hidden: int = 192  # width of the residual stream
-    emb: int = 160  # width of the conditioning vector c (192/160/3 blocks: 1.40 M parameters at 512/512)
+    hidden: int = 176  # width of the residual stream
+    emb: int = 144  # width of the conditioning vector c (176/144/3 blocks: 1.39 M parameters at 512/512)
     blocks: int = 3
     mlp_ratio: float = 2.0
     cond_input: bool = True  # also add a projection of the condition to the residual stream's input

@@ -207,7 +207,7 @@ class Translator:
         src_norm, tgt_norm = self.norms[1 - d], self.norms[d]
         n, tgt_dim = len(x), self.dims(d)[1]
         cond = src_norm(x).repeat_interleave(samples, dim=0)  # [n*K, d_source]
-        scheduler = sampling_scheduler(self.config.schedule, steps)
+        scheduler = self._sampler(steps)
         timesteps = scheduler.timesteps
         shape = (n * samples, tgt_dim)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
@@ -231,6 +231,13 @@ class Translator:
         # the last DDIM step (alpha_prev = 1) returns the clean estimate; average the K samples on the sphere
         unit = tgt_norm.inverse(sample).view(n, samples, tgt_dim).mean(dim=1)
         return torch.nn.functional.normalize(unit, dim=-1)
+
+    def _sampler(self, steps: int):
+        """DDIM scheduler with S steps set, built once per S (building one costs about a millisecond)."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        if steps not in cache:
+            cache[steps] = sampling_scheduler(self.config.schedule, steps)
+        return cache[steps]
 
     def guided_output(self, sample, t, cond, direction: int, guidance: float) -> torch.Tensor:
         """Network output with classifier-free guidance: u + w (c - u)."""
