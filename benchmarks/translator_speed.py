@@ -230,8 +230,8 @@ def main() -> None:
 
 `{command}`{" (--quick: iteration counts too small for results)" if args.quick else ""}
 
-The DiffGAP denoiser with the default network (`NetworkConfig()`: 512/512 dims, hidden 192,
-emb 160, 3 blocks, {params:,} parameters), untrained (speed does not depend on the weights).
+The DiffGAP denoiser with the default network (`NetworkConfig()`: 512/512 dims, hidden {NetworkConfig.hidden},
+emb {NetworkConfig.emb}, {NetworkConfig.blocks} blocks, {params:,} parameters), untrained (speed does not depend on the weights).
 
 - **torch.mm**: fp32 {args.matmul_n} x {args.matmul_n} @ {args.matmul_n} x {args.matmul_n}, median of
   {args.matmul_runs} runs, FLOP = 2 n^3: the baseline every efficiency ("of matmul") divides by,

@@ -395,34 +395,41 @@ def translate_command(
 class Modality(str, Enum):
     audio = "audio"
     text = "text"
+    video = "video"
 
 
 @app.command("embed")
 @user_errors
 def embed_command(
     inputs: List[Path] = typer.Argument(..., help="Audio/video files, folders (searched recursively), CSV manifests; for text: caption files or CSVs."),
-    encoder: str = typer.Option(..., "--encoder", "-E", help="Encoder spec, e.g. hf:laion/clap-htsat-unfused, hf:/path/to/clap, laion-clap:HTSAT-tiny or laion-clap:HTSAT-tiny+fusion (with --checkpoint)."),
+    encoder: str = typer.Option(..., "--encoder", "-E", help="Encoder spec: hf:laion/clap-htsat-unfused or hf:/path/to/clap (audio, text), laion-clap:HTSAT-tiny[+fusion] with --checkpoint (audio, text), hf:openai/clip-vit-base-patch32 (video frames), precomputed:feats.parquet (features by file name)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights file of a laion-clap encoder, e.g. 630k-audioset-best.pt (read as tensors only, never unpickled)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard (.parquet); re-running skips files already in it."),
-    modality: Modality = typer.Option(Modality.audio, "--modality", help="audio (also the audio track of videos) or text."),
-    per_window: bool = typer.Option(False, "--per-window", help="One row per 10 s window (with start_s) instead of one per file."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows or captions per forward pass."),
+    modality: Modality = typer.Option(Modality.audio, "--modality", help="audio (also the audio track of videos), video (frames) or text (captions)."),
+    per_window: bool = typer.Option(False, "--per-window", help="One row per 10 s window (with start_s) instead of one per file (audio)."),
+    frames: int = typer.Option(8, "--frames", min=1, help="Frames sampled uniformly per video clip (video)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows, frames or captions per forward pass."),
     device: Device = typer.Option(Device.auto, "--device"),
 ) -> None:
-    """Embed audio files or captions into a parquet shard (resumable; undecodable files are listed, not fatal).
+    """Embed audio, video or captions into a parquet shard (resumable; undecodable files are listed, not fatal).
 
     Example: diffgap-search embed --encoder hf:laion/clap-htsat-unfused clips/ --out clips.parquet
 
     Example: diffgap-search embed --encoder laion-clap:HTSAT-tiny --checkpoint 630k-audioset-best.pt clips/ --out clips.parquet
+
+    Example: diffgap-search embed --encoder hf:openai/clip-vit-base-patch32 --modality video videos/ --out video.parquet
     """
     from diffgap_search.encoders import load_encoder
     from diffgap_search.ingest import embed_captions, embed_media
 
-    enc = load_encoder(encoder, device=torch_device(device), batch_size=batch_size, checkpoint=checkpoint)
+    enc = load_encoder(encoder, device=torch_device(device), batch_size=batch_size, checkpoint=checkpoint,
+                       num_frames=frames if modality == Modality.video else None)
     if modality == Modality.text:
+        if not hasattr(enc, "encode_text"):
+            raise DiffgapError(f"encoder {encoder} does not embed text; use a CLAP encoder for captions")
         report = embed_captions(enc, inputs, out, batch=batch_size)
     else:
-        report = embed_media(enc, inputs, out, per_window=per_window)
+        report = embed_media(enc, inputs, out, per_window=per_window, modality=modality.value)
     rate = report.embedded / report.seconds if report.seconds else 0.0
     typer.echo(f"{out}: {report.rows} rows in space {enc.space!r} (dim {enc.dim}); embedded {report.embedded} "
                f"({rate:.1f}/s), skipped {report.skipped} already embedded, {len(report.failed)} failed")
@@ -431,6 +438,27 @@ def embed_command(
             typer.echo(f"  failed: {path}: {reason}", err=True)
         more = len(report.failed) - 5
         typer.echo(f"  {'and ' + str(more) + ' more; ' if more > 0 else ''}all in {out.parent / (out.stem + '.errors.csv')}", err=True)
+
+
+@app.command("pair")
+@user_errors
+def pair_command(
+    audio: Path = typer.Argument(..., help="Audio-space shard (one row per clip), e.g. from embed --modality audio."),
+    query: Path = typer.Argument(..., help="Query-side shard (video or text) with the same key column."),
+    out: Path = typer.Option(..., "--out", "-o", help="Pairs file to write (.parquet), for train."),
+    on: str = typer.Option("path", "--on", help="Key column present in both shards."),
+) -> None:
+    """Join an audio shard and a video (or text) shard on a key column into a pairs file for training.
+
+    Example: diffgap-search embed -E hf:laion/clap-htsat-unfused videos/ -o audio.parquet &&
+    diffgap-search embed -E hf:openai/clip-vit-base-patch32 --modality video videos/ -o video.parquet &&
+    diffgap-search pair audio.parquet video.parquet -o pairs.parquet
+    """
+    from diffgap_search.pairs import pair_shards
+
+    report = pair_shards(audio, query, out, on=on)
+    typer.echo(f"{out}: {report.pairs} pairs of {report.groups} clips"
+               + (f"; {report.unmatched} rows of {query} had no audio row and were left out" if report.unmatched else ""))
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience

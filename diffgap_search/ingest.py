@@ -3,6 +3,12 @@
     inputs (files, folders, CSV manifests, caption lists) -> decode -> windows -> encode
            -> parts written every `flush_every` files -> one shard, sorted by path
 
+Audio (also the audio track of videos) is decoded to 48 kHz mono and cut into 10 s
+windows; video is decoded to F uniformly sampled frames (`video_io`); a precomputed
+encoder looks the file's features up by name. The same folder embedded once as audio
+and once as video gives two shards with the same `path` column, which
+`pair_shards` joins into video<->audio training pairs.
+
 A re-run skips every file already embedded with the same size and modification
 time (in the output or in the parts a killed run left behind), so an interrupted
 build continues where it stopped, and the final shard is the same as that of an
@@ -28,6 +34,7 @@ import pyarrow.parquet as pq
 from diffgap_search.audio_io import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, clip_windows, decode_audio, pool_windows
 from diffgap_search.errors import DiffgapError
 from diffgap_search.storage import read_embeddings, write_shard
+from diffgap_search.video_io import decode_frames
 
 MANIFEST_PATH_COLUMNS = ("path", "file_name", "filename", "file")
 
@@ -42,10 +49,9 @@ class IngestReport:
     seconds: float = 0.0
 
 
-def collect_media(inputs: list[str | Path]) -> list[Path]:
-    """Files, folders (recursively, by audio/video extension) and CSV manifests -> sorted unique paths."""
+def collect_media(inputs: list[str | Path], extensions: set[str] = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS) -> list[Path]:
+    """Files, folders (recursively, by extension) and CSV manifests -> sorted unique paths."""
     found: set[Path] = set()
-    extensions = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -57,7 +63,7 @@ def collect_media(inputs: list[str | Path]) -> list[Path]:
         else:
             raise DiffgapError(f"{path}: no such file or folder")
     if not found:
-        raise DiffgapError(f"no audio or video files in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(extensions))})")
+        raise DiffgapError(f"no media files in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(extensions))})")
     return sorted(found)
 
 
@@ -116,6 +122,37 @@ def _done(out: Path) -> dict[str, tuple[int, int]]:
     return done
 
 
+def _check_encoder(encoder, modality: str, per_window: bool) -> None:
+    precomputed = hasattr(encoder, "lookup")
+    need = {"audio": "encode_audio", "video": "encode_video"}.get(modality)
+    if need is None:
+        raise DiffgapError(f"--modality {modality}: media files are embedded as audio or video")
+    if not precomputed and not hasattr(encoder, need):
+        can = [m for m, f in (("audio", "encode_audio"), ("video", "encode_video"), ("text", "encode_text")) if hasattr(encoder, f)]
+        raise DiffgapError(f"encoder {encoder.space!r} does not embed {modality}; it embeds {', '.join(can)}: "
+                           f"use --modality {can[0]} or another --encoder")
+    if per_window and (modality != "audio" or precomputed):
+        raise DiffgapError("--per-window splits audio into 10 s windows; it is for --modality audio with an audio encoder")
+
+
+def _embed_file(encoder, path: Path, modality: str, per_window: bool) -> tuple[np.ndarray, list[float], float]:
+    """(unit rows [k, d], start_s of each row, duration_s) of one file; DecodeError if it cannot be read."""
+    if hasattr(encoder, "lookup"):
+        try:
+            return encoder.lookup(path), [0.0], float("nan")
+        except DiffgapError as exc:
+            raise DecodeError(str(exc)) from None
+    if modality == "video":
+        frames = decode_frames(path, encoder.num_frames)
+        return encoder.encode_video([frames.rgb]), [0.0], frames.duration_s
+    samples = decode_audio(path, encoder.sample_rate)
+    w = clip_windows(samples, encoder.sample_rate, window_s=encoder.window_samples / encoder.sample_rate)
+    emb = encoder.encode_audio(w.audio)  # [windows, d]
+    if per_window:
+        return emb, w.start_s.tolist(), w.duration_s
+    return pool_windows(emb, [len(emb)]), [0.0], w.duration_s
+
+
 def embed_media(
     encoder,
     inputs: list[str | Path],
@@ -126,13 +163,15 @@ def embed_media(
     progress: bool = True,
     modality: str = "audio",
 ) -> IngestReport:
-    """Embed every audio/video file under `inputs` (its audio track) into the shard `out`."""
+    """Embed every media file under `inputs` into the shard `out`: its audio track
+    (`modality="audio"`), its frames (`"video"`), or its precomputed features."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     if out.suffix != ".parquet":
         raise DiffgapError(f"--out {out}: the output is a parquet shard; use a name ending in .parquet")
-    files = collect_media(inputs)
+    _check_encoder(encoder, modality, per_window)
+    files = collect_media(inputs, VIDEO_EXTENSIONS if modality == "video" else AUDIO_EXTENSIONS | VIDEO_EXTENSIONS)
     report = IngestReport(out)
     t0 = time.perf_counter()
     done = _done(out)
@@ -164,29 +203,22 @@ def embed_media(
         for v in buffer.values():
             v.clear()
 
-    bar = tqdm(todo, unit="file", desc=f"embedding ({encoder.space})", disable=not progress)
+    bar = tqdm(todo, unit="file", desc=f"embedding {modality} ({encoder.space})", disable=not progress)
     pending = 0
     for path in bar:
         try:
-            samples = decode_audio(path, encoder.sample_rate)
+            emb, starts, duration = _embed_file(encoder, path, modality, per_window)
         except DecodeError as exc:
             report.failed.append((str(path), str(exc).split(": ", 1)[-1]))
             continue
-        w = clip_windows(samples, encoder.sample_rate, window_s=encoder.window_samples / encoder.sample_rate)
-        emb = encoder.encode_audio(w.audio)  # [windows, d]
         size, mtime = _stamp(path)
-        if per_window:
-            k = len(emb)
-            buffer["vectors"].append(emb)
-            buffer["start_s"].extend(w.start_s.tolist())
-        else:
-            k = 1
-            buffer["vectors"].append(pool_windows(emb, [len(emb)]))
-            buffer["start_s"].append(0.0)
+        k = len(emb)
+        buffer["vectors"].append(emb)
+        buffer["start_s"].extend(starts)
         buffer["path"].extend([str(path)] * k)
         buffer["size"].extend([size] * k)
         buffer["mtime_ns"].extend([mtime] * k)
-        buffer["duration_s"].extend([w.duration_s] * k)
+        buffer["duration_s"].extend([duration] * k)
         report.embedded += 1
         pending += 1
         if pending >= flush_every:

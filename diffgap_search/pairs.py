@@ -146,8 +146,9 @@ def split_train_val(pairs: Pairs, val_fraction: float, seed: int = 0) -> tuple[P
 
 
 def write_pairs(path: str | Path, a: np.ndarray, b: np.ndarray, *, group_id=None, split=None,
-                metadata: dict | None = None, space_a: str | None = None, space_b: str | None = None) -> Path:
-    """Write a pairs file atomically (used by benchmarks and tests)."""
+                metadata: dict | None = None, space_a: str | None = None, space_b: str | None = None,
+                modality_b: str | None = None) -> Path:
+    """Write a pairs file atomically."""
     from diffgap_search.storage import fixed_size_vectors, write_table_atomic
 
     n = len(a)
@@ -163,4 +164,48 @@ def write_pairs(path: str | Path, a: np.ndarray, b: np.ndarray, *, group_id=None
         kv[b"diffgap.space_a"] = space_a.encode()
     if space_b:
         kv[b"diffgap.space_b"] = space_b.encode()
+    if modality_b:
+        kv[b"diffgap.modality_b"] = modality_b.encode()
     return write_table_atomic(pa.table(columns).replace_schema_metadata(kv or None), path)
+
+
+@dataclass
+class PairReport:
+    out: Path
+    pairs: int
+    groups: int
+    unmatched: int  # query rows whose key has no audio row
+
+
+def pair_shards(audio: str | Path, query: str | Path, out: str | Path, *, on: str = "path") -> PairReport:
+    """Join an audio shard and a query-side shard (video, text) on a key column into a pairs file.
+
+    Every query row whose key has an audio row becomes one pair (several captions of one
+    clip share its audio row and its group); query rows without audio are counted and
+    left out. Built for the shards `embed` writes: embed a video folder once as audio and
+    once as video, and pair them on `path`.
+    """
+    from diffgap_search.storage import read_embeddings
+
+    audio_emb, query_emb = read_embeddings(audio), read_embeddings(query)
+    for emb, name in ((audio_emb, audio), (query_emb, query)):
+        if on not in emb.metadata.column_names:
+            raise DiffgapError(f"{name}: no column {on!r} to pair on (it has {', '.join(emb.metadata.column_names) or 'none'}); "
+                               "choose one with --on")
+    audio_keys = [str(k) for k in audio_emb.metadata.column(on).to_pylist()]
+    row_of: dict[str, int] = {}
+    for i, k in enumerate(audio_keys):
+        if k in row_of:
+            raise DiffgapError(f"{audio}: {on} {k!r} has several rows (a --per-window shard?); pair clip-level embeddings, "
+                               "one row per clip")
+        row_of[k] = i
+    query_keys = [str(k) for k in query_emb.metadata.column(on).to_pylist()]
+    matched = [(j, row_of[k]) for j, k in enumerate(query_keys) if k in row_of]
+    if not matched:
+        raise DiffgapError(f"no {on} of {query} appears in {audio}; were they embedded from the same files?")
+    q_rows = np.array([j for j, _ in matched], np.int64)
+    a_rows = np.array([i for _, i in matched], np.int64)
+    keys = [query_keys[j] for j in q_rows]
+    write_pairs(out, audio_emb.vectors[a_rows], query_emb.vectors[q_rows], group_id=keys, metadata={on: keys},
+                space_a=audio_emb.space, space_b=query_emb.space, modality_b=query_emb.modality)
+    return PairReport(Path(out), len(matched), len(set(keys)), len(query_keys) - len(matched))

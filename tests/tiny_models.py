@@ -120,3 +120,23 @@ def tiny_laion_checkpoint(path: Path, home: Path, *, amodel: str = "HTSAT-tiny",
     state["module.text_branch.embeddings.position_ids"] = torch.arange(positions)[None]
     torch.save({"epoch": 45, "name": "tiny-random", "state_dict": state}, path)
     return path
+
+
+def tiny_clip(folder: Path, seed: int = 0, *, full_model: bool = False, image_size: int = 32) -> Path:
+    """A CLIP vision tower with projection (a few tens of k parameters) and its image processor.
+
+    `full_model` saves a whole CLIPModel (text and vision), the layout of openai/clip-vit-base-patch32."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=8, projection_dim=24)
+    torch.manual_seed(seed)
+    if full_model:
+        text = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                    max_position_embeddings=16, projection_dim=24, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    else:
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)).eval()
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder

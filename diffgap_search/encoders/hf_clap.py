@@ -10,24 +10,11 @@ Loading is offline-first: a hub id is looked up only in the local Hugging Face c
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from diffgap_search.encoders.common import features, load_failure, local_or_hub, model_identity, unit
 from diffgap_search.errors import DiffgapError
-
-
-def _features(output) -> torch.Tensor:
-    """get_*_features returns a tensor (transformers 4) or an output object (5)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    for name in ("pooler_output", "text_embeds", "audio_embeds"):
-        value = getattr(output, name, None)
-        if value is not None:
-            return value
-    raise DiffgapError(f"unexpected CLAP output {type(output).__name__}")
 
 
 class HFClapEncoder:
@@ -37,17 +24,12 @@ class HFClapEncoder:
         self.name = name
         self.device = torch.device(device)
         self.batch_size = batch_size
-        local = Path(name).expanduser()
-        source = str(local) if local.exists() else name
+        source, local = local_or_hub(name)
         try:
             self.processor = ClapProcessor.from_pretrained(source, local_files_only=True)
             self.model = ClapModel.from_pretrained(source, local_files_only=True).eval().to(self.device)
         except (OSError, ValueError) as exc:
-            where = f"folder {local}" if local.exists() else f"the Hugging Face cache (HF_HOME) under models--{name.replace('/', '--')}"
-            raise DiffgapError(
-                f"cannot load CLAP model {name!r} from {where} ({str(exc).splitlines()[0][:160]}); "
-                "download it once where there is network (huggingface-cli download NAME) or pass hf:/path/to/folder"
-            ) from None
+            raise load_failure(name, local, exc, "CLAP model") from None
         extractor = self.processor.feature_extractor
         self.sample_rate = int(extractor.sampling_rate)
         self.window_samples = int(round(extractor.max_length_s * self.sample_rate)) if hasattr(extractor, "max_length_s") else int(extractor.nb_max_samples)
@@ -55,16 +37,7 @@ class HFClapEncoder:
         # fused models take 4-channel "fusion" mels; unfused ones one channel. Our windows are
         # exactly max_length, so "rand_trunc" never crops (no randomness either way).
         self.truncation = "fusion" if self.model.config.audio_config.enable_fusion else "rand_trunc"
-        self.space = f"clap:{self._identity(local if local.exists() else None)}"
-
-    def _identity(self, folder: Path | None) -> str:
-        """Name of the space: the model id, or a folder's name plus a hash of its weights."""
-        if folder is None:
-            return self.name
-        digest = hashlib.sha256()
-        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-            digest.update(f.read_bytes())
-        return f"{folder.name}@{digest.hexdigest()[:12]}"
+        self.space = f"clap:{model_identity(name, local)}"
 
     @torch.no_grad()
     def encode_audio(self, windows: np.ndarray) -> np.ndarray:
@@ -78,8 +51,8 @@ class HFClapEncoder:
             inputs = self.processor.feature_extractor(batch, sampling_rate=self.sample_rate, truncation=self.truncation,
                                                       padding="repeatpad", return_tensors="pt")
             inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_features", "is_longer")}
-            out.append(_features(self.model.get_audio_features(**inputs)).float())
-        return _unit(torch.cat(out))
+            out.append(features(self.model.get_audio_features(**inputs)).float())
+        return unit(torch.cat(out))
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -89,9 +62,6 @@ class HFClapEncoder:
         for lo in range(0, len(texts), self.batch_size):
             tok = self.processor.tokenizer(texts[lo : lo + self.batch_size], padding=True, truncation=True, return_tensors="pt")
             tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-            out.append(_features(self.model.get_text_features(**tok)).float())
-        return _unit(torch.cat(out))
+            out.append(features(self.model.get_text_features(**tok)).float())
+        return unit(torch.cat(out))
 
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    return torch.nn.functional.normalize(x, dim=-1).cpu().numpy().astype(np.float32)

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffgap_search.encoders.common import unit
 from diffgap_search.errors import DiffgapError
 
 TEXT_MODEL = "roberta-base"  # laion_clap's tmodel 'roberta' (the official checkpoints use it)
@@ -250,7 +251,7 @@ class LaionClapEncoder:
             raise DiffgapError(f"audio windows must be [n, {self.window_samples}] samples, got {windows.shape}")
         out = [self.model.get_audio_embedding(self._audio_inputs(windows[lo: lo + self.batch_size])).float()
                for lo in range(0, len(windows), self.batch_size)]
-        return _unit(torch.cat(out))
+        return unit(torch.cat(out))
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -262,7 +263,7 @@ class LaionClapEncoder:
                                  max_length=MAX_TEXT_TOKENS, return_tensors="pt")
             out.append(self.model.get_text_embedding({"input_ids": tok["input_ids"],
                                                       "attention_mask": tok["attention_mask"]}).float())
-        return _unit(torch.cat(out))
+        return unit(torch.cat(out))
 
 
 def _log_mel(audio_cfg: dict):
@@ -284,6 +285,3 @@ def _log_mel(audio_cfg: dict):
 
     return mel
 
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    return torch.nn.functional.normalize(x, dim=-1).cpu().numpy().astype(np.float32)
