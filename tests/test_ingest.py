@@ -81,6 +81,15 @@ def test_a_killed_run_resumes_to_the_same_shard(clap_dir, media, tmp_path):
     np.testing.assert_array_equal(x.ids, y.ids)
     third = embed_media(encoder, [media], out, progress=False)
     assert third.embedded == 0 and third.skipped == 7 and third.rows == whole.rows
+    # and the index built from the resumed shard answers exactly as the uninterrupted one
+    from diffgap_search.index import EmbeddingIndex
+
+    a = EmbeddingIndex.build([tmp_path / "whole.parquet"], tmp_path / "ix-whole", index_type="flat", device="cpu")
+    b = EmbeddingIndex.build([out], tmp_path / "ix-resumed", index_type="flat", device="cpu")
+    ra, rb = a.search(x.vectors, k=7), b.search(x.vectors, k=7)
+    np.testing.assert_array_equal(ra.ids, rb.ids)
+    np.testing.assert_array_equal(ra.scores, rb.scores)
+    assert [r["path"] for r in ra.rows(0)] == [r["path"] for r in rb.rows(0)]
 
 
 def test_per_window_rows_and_video_tracks(clap_dir, tmp_path):
