@@ -187,7 +187,7 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 60 else text[:24] + "..." + text[-33:]  # both ends: a path keeps its file name
 
 
 DISPLAY_COLUMNS = ("path", "caption", "label", "start_s")
@@ -197,33 +197,137 @@ DISPLAY_COLUMNS = ("path", "caption", "label", "start_s")
 @user_errors
 def query(
     index_dir: Path = typer.Argument(..., help="Index folder."),
-    embeddings_file: Path = typer.Option(..., "--embeddings-file", help="Query embeddings: a parquet shard or a .npy [n, d]."),
+    texts: Optional[List[str]] = typer.Argument(None, help="Text queries, e.g. \"a dog barks\" (need --encoder)."),
+    embeddings_file: Optional[Path] = typer.Option(None, "--embeddings-file", help="Query embeddings instead: a parquet shard or a .npy [n, d]."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Translator folder (from `train`): translate queries into the index's space and rerank."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-E", help="Encoder of texts and media queries, e.g. hf:laion/clap-htsat-unfused."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights file of a laion-clap encoder."),
+    audio: Optional[List[Path]] = typer.Option(None, "--audio", help="An audio file as a query (repeat for several)."),
+    video: Optional[List[Path]] = typer.Option(None, "--video", help="A video file as a query (repeat for several; needs a video --encoder)."),
+    queries_file: Optional[Path] = typer.Option(None, "--queries-file", help="Text queries, one per line (or a CSV with a caption column)."),
     k: int = typer.Option(10, "--k", min=1, help="Results per query."),
-    as_json: bool = typer.Option(False, "--json", help="JSON lines: one object per hit."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="N: candidates taken from the index per query [calibrated, else 100]."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="S: DDIM steps of the translation [calibrated, else 5]."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="K: translations averaged per query [calibrated, else 1]."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale of the translation [calibrated, else 1]."),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Score candidates with the diffusion signal (weighted as calibrated, 0.5 uncalibrated); default: when its weight is above 0. --rerank reports it even at weight 0."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines: one object per hit, with every signal's score."),
     device: Device = typer.Option(Device.auto, "--device"),
 ) -> None:
-    """Search an index with query embeddings of its space.
+    """Search an index with texts, audio or video files, or embeddings; with --model, through the DiffGAP translator.
+
+    Example: diffgap-search query indexes/clips "a dog barks" "rain on a tin roof" --model models/audiocaps --encoder hf:laion/clap-htsat-unfused
 
     Example: diffgap-search query indexes/clips --embeddings-file queries.parquet --k 5
     """
     from diffgap_search.index import EmbeddingIndex
+    from diffgap_search.search import Searcher
+
+    texts = list(texts or []) + (_read_queries_file(queries_file) if queries_file else [])
+    media = bool(texts or audio or video)
+    if media == bool(embeddings_file):
+        raise DiffgapError("give queries as texts, --queries-file, --audio or --video files (with --encoder), "
+                           "or as --embeddings-file, not both and not neither")
+    if media and not encoder:
+        raise DiffgapError("texts and media queries need --encoder (e.g. --encoder hf:laion/clap-htsat-unfused)")
+    if checkpoint and not encoder:
+        raise DiffgapError("--checkpoint goes with --encoder laion-clap:...")
+    tuning = {"--candidates": candidates, "--steps": steps, "--samples": samples, "--guidance": guidance}
+    if not model and any(v is not None for v in tuning.values()):
+        given = next(name for name, v in tuning.items() if v is not None)
+        raise DiffgapError(f"{given} sets how the translator searches; it needs --model DIR")
+    index = EmbeddingIndex.load(index_dir, device=device.value)
+    translator = _load_translator(model, device) if model else None
+    searcher = Searcher(index, translator, _load_query_encoder(encoder, checkpoint, device) if encoder else None)
+    if translator is not None:
+        from diffgap_search.search import with_overrides
+
+        searcher.config = with_overrides(searcher.config, candidates=candidates, steps=steps, samples=samples, guidance=guidance)
+    if embeddings_file:
+        rankings = [searcher.search(_embedding_queries(embeddings_file), k, rerank=rerank)]
+    else:
+        rankings = searcher.query(texts, audio or [], video or [], k=k, rerank=rerank)
+    _print_rankings(rankings, as_json)
+
+
+def _read_queries_file(path: Path) -> list[str]:
+    from diffgap_search.ingest import read_captions
+
+    return read_captions([path])
+
+
+def _load_translator(model: Path, device: Device):
+    from diffgap_search.diffusion.translator import Translator
+
+    return Translator.load(model, torch_device(device))
+
+
+def _load_query_encoder(spec: str, checkpoint: Optional[Path], device: Device):
+    from diffgap_search.encoders import load_encoder
+
+    return load_encoder(spec, device=torch_device(device), checkpoint=checkpoint)
+
+
+def _embedding_queries(path: Path):
+    """Queries from a shard or .npy: ids, space and a label (caption, path or label column) per row."""
+    from diffgap_search.search import Queries
     from diffgap_search.storage import read_embeddings
 
-    index = EmbeddingIndex.load(index_dir, device=device.value)
-    queries = read_embeddings(embeddings_file)
-    result = index.search(queries.vectors, k, space=queries.space)
-    qmeta = queries.metadata.to_pylist() if queries.metadata.num_columns else [{}] * len(queries)
-    for q, qid in enumerate(queries.ids):
-        rows = result.rows(q)
-        if as_json:
-            for row in rows:
-                _print_json({"query": int(qid), **row})
-            continue
-        label = next((str(qmeta[q][c]) for c in ("caption", "path", "label") if qmeta[q].get(c) is not None), "")
-        typer.echo(f"query {int(qid)}" + (f": {label}" if label else ""))
-        shown = [c for c in DISPLAY_COLUMNS if any(c in r for r in rows)]
-        typer.echo(_format_table(rows, ["rank", "score", "id", *shown]))
-        typer.echo("")
+    emb = read_embeddings(path)
+    meta = emb.metadata.to_pylist() if emb.metadata.num_columns else [{}] * len(emb)
+    labels = [next((str(m[c]) for c in ("caption", "path", "label") if m.get(c) is not None), "") for m in meta]
+    return Queries(emb.vectors, emb.space, emb.modality, labels, emb.ids)
+
+
+def _print_rankings(rankings, as_json: bool) -> None:
+    """A table per query, or one JSON line per hit (query id and label, every signal's score, metadata)."""
+    for ranking in rankings:
+        queries = ranking.queries
+        for q in range(len(queries)):
+            rows, qid, label = ranking.rows(q), int(queries.ids[q]), queries.labels[q]
+            if as_json:
+                for row in rows:
+                    _print_json({"query": qid, **({"query_label": label} if label else {}), **row})
+                continue
+            typer.echo(f"query {qid}" + (f": {label}" if label else ""))
+            signals = [c for c in ("raw", "translated", "diffusion") if c in ranking.signals and ranking.route.direction is not None]
+            shown = [c for c in DISPLAY_COLUMNS if any(c in r for r in rows)]
+            typer.echo(_format_table(rows, ["rank", "score", *signals, "id", *shown]))
+            typer.echo("")
+
+
+@app.command("calibrate")
+@user_errors
+def calibrate_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Translator folder (from `train`); its config.json gets the chosen settings."),
+    pairs: Path = typer.Option(..., "--pairs", "-p", help="Validation pairs parquet (a = audio-space, b = query-side), not the training pairs."),
+    split: Optional[str] = typer.Option(None, "--split", help="Use only the rows of this split of the pairs file, e.g. val."),
+    samples: int = typer.Option(1, "--samples", min=1, help="K: translations averaged per query."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale of the translation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the translation noise and of the diffusion score's draws."),
+    device: Device = typer.Option(Device.auto, "--device"),
+) -> None:
+    """Choose fusion weights, candidates N and steps S on validation pairs (R@1, then mAP@10) and store them in the translator.
+
+    `query --model` uses them by default. On its own data the chosen settings are never below raw cosine (when
+    the two spaces are one) nor below translation alone.
+
+    Example: diffgap-search calibrate --model models/audiocaps --pairs audiocaps_val.parquet
+    """
+    from diffgap_search.calibrate import calibrate, write_calibration
+    from diffgap_search.pairs import read_pairs
+    from diffgap_search.rerank import FusionConfig
+
+    translator = _load_translator(model, device)
+    val = read_pairs(pairs, split=split, dim_a=translator.config.space_a.dim, dim_b=translator.config.space_b.dim)
+    base = FusionConfig(samples=samples, guidance=guidance, seed=seed)
+    result = calibrate(translator, val, base, log=lambda line: typer.echo(line, err=True))
+    write_calibration(model, result)
+    c = result.config
+    typer.echo(f"calibrated {model} on {result.queries} queries ({result.gallery}-way): weights raw {c.raw:g}, "
+               f"translated {c.translated:g}, diffusion {c.diffusion:g}; N={c.candidates}, S={c.steps}")
+    rows = [{"signal": name, **scores} for name, scores in result.scores.items()]
+    typer.echo(_format_table(rows, ["signal", "R@1", "R@5", "R@10", "mAP@10"]))
 
 
 # ---------------------------------------------------------------------------

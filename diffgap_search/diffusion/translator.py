@@ -60,7 +60,7 @@ class TranslatorConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     bidirectional: bool = True
     training: dict = field(default_factory=dict)  # settings and results of the run that made it
-    fusion: dict | None = None  # written by calibration
+    fusion: dict | None = None  # {"settings": FusionConfig, "validation": scores}, written by calibration
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +93,9 @@ class TranslatorConfig:
                 dim = d["spaces"][side]["dim"]
                 if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
                     raise ValueError(f"spaces.{side}.dim = {dim!r} is not a positive integer")
+            fusion = d.get("fusion")
+            if fusion is not None:
+                check_fusion_section(fusion)
             return cls(
                 space_a=Space(**d["spaces"]["a"]),
                 space_b=Space(**d["spaces"]["b"]),
@@ -104,6 +107,20 @@ class TranslatorConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DiffgapError(f"{source}: malformed translator config ({exc!r})") from None
+
+
+def check_fusion_section(fusion) -> None:
+    """The "fusion" section that calibration writes: {"settings": FusionConfig fields, "validation": {...}}.
+
+    Raises ValueError (turned into one line naming config.json by `from_dict`).
+    """
+    from diffgap_search.rerank import FusionConfig
+
+    if not isinstance(fusion, dict) or "settings" not in fusion:
+        raise ValueError("fusion must be an object with 'settings' (written by `diffgap-search calibrate`)")
+    FusionConfig.from_dict(fusion["settings"], "fusion.settings")
+    if not isinstance(fusion.get("validation", {}), dict):
+        raise ValueError("fusion.validation must be an object")
 
 
 class Translator:
