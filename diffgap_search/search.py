@@ -25,6 +25,8 @@ from diffgap_search.errors import DiffgapError
 from diffgap_search.index import EmbeddingIndex
 from diffgap_search.rerank import FusionConfig, diffusion_scores, fuse
 
+SCORE_BLOCK_FLOATS = 1 << 24  # candidate-vector floats gathered at once while scoring (64 MB)
+
 
 # ---------------------------------------------------------------------------
 # queries
@@ -249,17 +251,26 @@ class Searcher:
         return unite(*sets)
 
     def score(self, queries: Queries, translated, candidates: np.ndarray, route: Route, rerank: bool | None) -> dict[str, np.ndarray]:
-        """Every signal over every candidate: cosines, and the diffusion score when reranking."""
-        vectors = self.index.vectors(positions=np.maximum(candidates, 0))  # [Q, M, d]; padding reads row 0, masked later
-        signals = {}
-        if route.raw:
-            signals["raw"] = np.einsum("qd,qmd->qm", queries.vectors, vectors)
-        if translated is not None:
-            signals["translated"] = np.einsum("qd,qmd->qm", translated, vectors)
-            wanted = self.config.diffusion > 0 if rerank is None else rerank
-            if wanted and self.translator.config.bidirectional:
-                reverse = DIRECTIONS[1 - route.direction]
-                signals["diffusion"] = diffusion_scores(self.translator, queries.vectors, vectors, self.config, reverse)
+        """Every signal over every candidate: cosines, and the diffusion score when reranking.
+
+        Queries go in blocks so that the gathered candidate vectors [block, M, d] stay near
+        SCORE_BLOCK_FLOATS floats however many queries arrive at once.
+        """
+        wanted = self.config.diffusion > 0 if rerank is None else rerank
+        diffusion = translated is not None and wanted and self.translator.config.bidirectional
+        names = (["raw"] if route.raw else []) + (["translated"] if translated is not None else []) + (["diffusion"] if diffusion else [])
+        signals = {name: np.empty(candidates.shape, dtype=np.float32) for name in names}
+        block = max(1, SCORE_BLOCK_FLOATS // max(1, candidates.shape[1] * self.index.dim))
+        for lo in range(0, len(candidates), block):
+            rows = slice(lo, lo + block)
+            vectors = self.index.vectors(positions=np.maximum(candidates[rows], 0))  # [b, M, d]; padding reads row 0, masked later
+            if route.raw:
+                signals["raw"][rows] = np.einsum("qd,qmd->qm", queries.vectors[rows], vectors)
+            if translated is not None:
+                signals["translated"][rows] = np.einsum("qd,qmd->qm", translated[rows], vectors)
+            if diffusion:
+                reverse = DIRECTIONS[1 - route.direction]  # query <- candidate
+                signals["diffusion"][rows] = diffusion_scores(self.translator, queries.vectors[rows], vectors, self.config, reverse)
         return signals
 
     def effective_weights(self, signals: dict) -> dict[str, float]:

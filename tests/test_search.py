@@ -86,7 +86,8 @@ def test_diffusion_scores_equal_the_hand_computed_errors():
     assert timesteps.tolist() == [10, 232, 455, 678, 900]
 
 
-def test_rerank_by_diffusion_alone_equals_the_hand_computed_ordering(tmp_path):
+def test_rerank_by_diffusion_alone_equals_the_hand_computed_ordering(tmp_path, monkeypatch):
+    monkeypatch.setattr("diffgap_search.search.SCORE_BLOCK_FLOATS", 40 * 6)  # one query per scoring block
     tr = stand_in_translator(s=1.5)
     xb = unit_rows(40, 6, seed=5)
     index = flat_index(tmp_path, xb)
