@@ -362,6 +362,28 @@ def synthetic(
         )
 
 
+@app.command("demo")
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo writes (a previous demo's folder is replaced whole)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the corpus, the training and the search noise."),
+    quick: bool = typer.Option(False, "--quick", help="3,000 pairs instead of 10,000: about a quarter of the time, for tests."),
+) -> None:
+    """Run the whole engine offline on a synthetic corpus: train a small translator, index, calibrate, search, score.
+
+    Prints R@1/5/10 and mAP@10 of raw cosine, translated, translated + rerank and calibrated fusion, a few
+    example queries, and the same pipeline as commands for real data. The data are synthetic: the numbers
+    show how the engine works, not its quality on real sounds. About a minute on a 2-core laptop.
+
+    Example: diffgap-search demo
+
+    Example: diffgap-search demo --out /tmp/demo --seed 1 --quick
+    """
+    from diffgap_search.demo import DEFAULT_N, QUICK_N, run_demo
+
+    run_demo(out, n=QUICK_N if quick else DEFAULT_N, seed=seed, log=typer.echo)
+
+
 # ---------------------------------------------------------------------------
 # the DiffGAP translator: train / translate
 # ---------------------------------------------------------------------------
