@@ -146,9 +146,32 @@ def average(fold_rows: list[list[dict]]) -> list[dict]:
     return out
 
 
+DATASETS = ("xmodel", "synthetic-10k", "synthetic-100k", "convirt", "videoclip")
+
+
+def settings_line(base: TrainConfig, min_steps: int, caps: dict) -> str:
+    return (f"training settings {json.dumps({k: v for k, v in base.to_dict().items() if k not in ('network', 'schedule')})}, "
+            f"network {json.dumps(base.network.to_dict())}, schedule {json.dumps(base.schedule.to_dict())}; "
+            f"datasets with few pairs train for at least {min_steps} steps; step caps (CPU time): {caps or 'none'}")
+
+
+def section(name: str, rec: dict) -> str:
+    fold_notes, table_rows = rec["folds"], rec["rows"]
+    n0 = fold_notes[0]
+    header = (f"### {name}\n\n{n0['train_pairs']} training pairs, {n0['test_queries']} test queries "
+              f"against {n0['gallery']} clips" + (f", mean of {len(fold_notes)} folds" if len(fold_notes) > 1 else "")
+              + f". Translator: {n0['parameters']:,} parameters, {n0['steps']} steps at the kept epoch "
+              f"(of {n0['epochs']} epochs), trained in {n0['train_s']} s per fold; K, w chosen on validation: "
+              + ", ".join(f"{f['chosen']['samples']}/{f['chosen']['guidance']:g}" for f in fold_notes) + ".\n\n"
+              f"`python benchmarks/translation_quality.py {rec.get('command', '')}`; {rec.get('training', '')}.\n")
+    fmt = [{k: (f"{v:.3f}" if isinstance(v, float) and k != "median rank" else v) for k, v in r.items()} for r in table_rows]
+    return (header + "\n" + markdown_table(fmt, ["method", "R@1", "R@5", "R@10", "mAP@10", "median rank", "N"])
+            + "\n\n<details><summary>machine</summary>\n\n" + rec.get("machine", "") + "\n</details>\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="synthetic-10k,synthetic-100k,convirt,videoclip,xmodel")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--recipe", type=Path, default=None, help="training recipe (default: the built-in defaults, see below)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--min-steps", type=int, default=3000, help="small datasets train at least this many steps")
@@ -162,10 +185,11 @@ def main() -> None:
     caps = dict((k, int(v)) for k, v in (item.split("=") for item in args.max_steps.split(",") if item))
     if args.epochs:
         base = replace(base, epochs=args.epochs)
+    store = args.out.with_suffix(".json")
+    record = json.loads(store.read_text()) if store.exists() else {}  # datasets may be run in several invocations
     workdir = Path(tempfile.mkdtemp(prefix="translation_quality-"))
-    sections, record = [], {}
     try:
-        for name in args.datasets.split(","):
+        for name in filter(None, args.datasets.split(",")):
             fold_rows, fold_notes = [], []
             for fold, train_pairs, test, same in folds(name):
                 steps_per_epoch = -(-int(len(train_pairs) * 0.9) // base.batch_size)
@@ -180,37 +204,30 @@ def main() -> None:
                 fold_rows.append(rows)
                 fold_notes.append(notes)
             table_rows = fold_rows[0] if len(fold_rows) == 1 else average(fold_rows)
-            record[name] = {"rows": table_rows, "folds": fold_notes, "per_fold": fold_rows}
-            n0 = fold_notes[0]
-            header = (f"### {name}\n\n{n0['train_pairs']} training pairs, {n0['test_queries']} test queries "
-                      f"against {n0['gallery']} clips" + (f", mean of {len(fold_rows)} folds" if len(fold_rows) > 1 else "")
-                      + f". Translator: {n0['parameters']:,} parameters, {n0['steps']} steps ({n0['epochs']} epochs), "
-                      f"trained in {n0['train_s']} s per fold; K, w chosen on validation: "
-                      + ", ".join(f"{f['chosen']['samples']}/{f['chosen']['guidance']:g}" for f in fold_notes) + ".\n")
-            fmt = [{k: (f"{v:.3f}" if isinstance(v, float) and k != "median rank" else v) for k, v in r.items()} for r in table_rows]
-            sections.append(header + "\n" + markdown_table(fmt, ["method", "R@1", "R@5", "R@10", "mAP@10", "median rank", "N"]))
+            record[name] = {"rows": table_rows, "folds": fold_notes, "per_fold": fold_rows,
+                            "command": " ".join(sys.argv[1:]), "machine": machine_block({"datasets": name}),
+                            "training": settings_line(base, args.min_steps, caps)}
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(record, indent=1, default=str))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    sections = [section(name, record[name]) for name in DATASETS if name in record]
     text = f"""# Translation quality: query -> audio retrieval after translation
 
-`python benchmarks/translation_quality.py --datasets {args.datasets}`
+`python benchmarks/translation_quality.py --datasets ...` (datasets may be run in several invocations;
+this file holds every dataset stored in `translation_quality.json`, each with its own command, settings
+and machine block).
 
 Text/video -> audio retrieval over an exact inner-product search; R@k = share of queries whose
 clip ranks < k (ties counted against the query); mAP@10 = mean 1/(rank+1) over ranks < 10; N =
-number of queries. Training settings: {json.dumps({k: v for k, v in base.to_dict().items() if k not in ('network', 'schedule')})},
-network {json.dumps(base.network.to_dict())}, schedule {json.dumps(base.schedule.to_dict())};
-datasets with few pairs train for at least {args.min_steps} steps; step caps (CPU time): {caps or "none"}.
-Seed {SEED}. K (samples) in {SAMPLES} and w (guidance) in {GUIDANCE} are chosen on the validation
-split at S = 5 by R@1; the plain K = 1, w = 1 translation is shown beside it.
-
-{machine_block({"datasets": args.datasets})}
+number of queries. Seed {SEED}. K (samples) in {SAMPLES} and w (guidance) in {GUIDANCE} are chosen on
+the validation split at S = 5 by R@1; the plain K = 1, w = 1 translation is shown beside it.
 
 {chr(10).join(sections)}
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
     print(text)
 
 
