@@ -1,0 +1,304 @@
+"""Search speed: latency of each stage of the Searcher chain, against the machine's matmul FLOP/s.
+
+For each index size N (synthetic 512-d audio-side vectors from `diffgap_search.synthetic`,
+written as shards and built with `EmbeddingIndex.build`), each index type (`flat`, and
+`auto`, which is measured only where it resolves to another index than the ones already
+measured), each device (CPU, and CUDA when torch sees a GPU) and each batch size (1 query;
+`--batch`, default 1,024, queries per call):
+
+  translate     plan_route + `Searcher.translate`: S = 5 DDIM steps, K = 1, w = 1 (`FusionConfig()`)
+  search        `Searcher.candidates`: FAISS top-N (N = 100) of the translated queries, and of the
+                raw queries (same dim, so the union of both: two FAISS searches), `unite`
+  rerank        `Searcher.score`: gather the M candidate vectors, raw and translated cosines, and the
+                diffusion score (reverse direction, J = 8 shared (timestep, noise) draws, one batched
+                forward over candidates x timesteps)
+  fuse + top-k  per-query z-scores, weighted sum (`fuse`), `Searcher.top_k` (ids, signals)
+  total         the sum of the four: exactly the body of `Searcher.search` (checked once against it)
+  plain cosine  the baseline, measured in the same run: `Searcher(index)` without a translator, the
+                whole `search` call (one FAISS search + the raw cosine + top-k)
+
+Encoding (text / audio / video towers) is excluded: queries arrive as embeddings (the text side of
+held-out synthetic pairs). The translator is UNTRAINED (the default `NetworkConfig()`, ~1.4 M
+parameters, its normalization fitted on 4,096 synthetic pairs): speed does not depend on its weights,
+except that an untrained network's diffusion scores are constant (fusion then costs the same).
+
+Batch 1: p50/p99 over `--singles` calls, each with another query; batch B: p50/p99 over `--repeats`
+calls of the same B queries (with 5 runs, p99 is about the slowest). One warm-up call precedes each.
+
+FLOP counted as in translator_speed.py: forward = 2 x the nn.Linear weights one direction uses;
+translate = S x K x forward per query (x 2 with guidance != 1); rerank = M x J x forward (from-audio)
++ 2 x M x d per cosine signal, per query, with M the padded candidate width actually computed; flat
+search = 2 x N x d per query and FAISS search. Biases, activations, LayerNorm etc. are not counted:
+GFLOP/s is a lower bound. "of matmul" divides by fp32 `torch.mm` of two `--matmul-n` square
+matrices (median of `--matmul-runs`), measured in the same run on the same device and thread count.
+
+    python benchmarks/search_speed.py                          # 100k and 1M, batch 1,024 (~20-30 min on 2 idle cores)
+    python benchmarks/search_speed.py --sizes 100000 --types flat,hnsw
+    python benchmarks/search_speed.py --quick --out /tmp/ss.md # a few minutes: checks the script, not results
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine_block, markdown_table, p50, p99  # noqa: E402
+from translator_speed import NO_GPU, direction_linear_weights, gflops, make_train_pairs, matmul_flops  # noqa: E402
+
+from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
+from diffgap_search.diffusion.translator import Translator  # noqa: E402
+from diffgap_search.index import EmbeddingIndex, parse_bytes, plan_index  # noqa: E402
+from diffgap_search.rerank import FusionConfig, fuse  # noqa: E402
+from diffgap_search.search import Queries, Searcher, plan_route  # noqa: E402
+from diffgap_search.storage import embeddings_table, write_table_atomic  # noqa: E402
+from diffgap_search.synthetic import SPACE, GapConfig, iter_pairs  # noqa: E402
+
+K = 10
+STAGES = ("translate", "search", "rerank", "fuse + top-k")
+COLUMNS = ["device", "N", "index", "batch", "stage", "p50 ms", "p99 ms", "ms/query", "GFLOP/s", "of matmul", "vs plain"]
+
+
+def corpus(n: int, n_queries: int, dim: int, workdir: Path, seed: int) -> tuple[Path, np.ndarray]:
+    """n audio-side vectors as shards (space synthetic-gap, modality audio); the text side of n_queries held-out pairs."""
+    shard_dir = workdir / f"corpus-{n}"
+    shard_dir.mkdir()
+    queries, part = [], 0
+    for chunk in iter_pairs(n + n_queries, GapConfig(dim_a=dim, dim_b=dim), seed=seed, chunk_size=131_072):
+        keep = chunk.pair_id < n
+        if keep.any():
+            table = embeddings_table(chunk.pair_id[keep], chunk.a[keep], space=SPACE, modality="audio")
+            write_table_atomic(table, shard_dir / f"part-{part:05d}.parquet")
+            part += 1
+        if (~keep).any():
+            queries.append(chunk.b[~keep])
+    return shard_dir, np.ascontiguousarray(np.concatenate(queries))
+
+
+def untrained_translator(device: str) -> Translator:
+    pairs = make_train_pairs(4096)
+    run = _Run(TrainConfig(), pairs, torch.device(device))
+    return Translator(translator_config(run, pairs, {}), run.ema, run.norm_a, run.norm_b, device)
+
+
+def staged(searcher: Searcher, queries: Queries, k: int = K) -> tuple[dict, object, int, bool]:
+    """`Searcher.search`, stage by stage with a clock between: (seconds per stage, ranking, M, raw union)."""
+    c, out = searcher.config, {}
+    t0 = time.perf_counter()
+    route = plan_route(queries, searcher.index, searcher.translator)
+    translated = searcher.translate(queries, route)
+    t1 = time.perf_counter()
+    candidates = searcher.candidates(queries, translated, route, max(k, c.candidates))
+    t2 = time.perf_counter()
+    signals = searcher.score(queries, translated, candidates, route, None)
+    t3 = time.perf_counter()
+    mask = candidates >= 0
+    fused = fuse(signals, searcher.effective_weights(signals), mask)
+    ranking = searcher.top_k(queries, candidates, fused, signals, route, k)
+    t4 = time.perf_counter()
+    out.update({"translate": t1 - t0, "search": t2 - t1, "rerank": t3 - t2, "fuse + top-k": t4 - t3, "total": t4 - t0})
+    return out, ranking, int(candidates.shape[1]), route.raw
+
+
+def measure(searcher: Searcher, plain: Searcher, batches: list[Queries]) -> dict:
+    """Per stage and for the plain baseline: seconds of each call (after one warm-up call of each)."""
+    staged(searcher, batches[0])
+    plain.search(batches[0], K)
+    times = {s: [] for s in (*STAGES, "total", "plain")}
+    widths, raw = [], True
+    for q in batches:  # staged and plain alternate call by call, so that background load hits both alike
+        seconds, _, m, raw = staged(searcher, q)
+        widths.append(m)
+        for s, v in seconds.items():
+            times[s].append(v)
+        t = time.perf_counter()
+        plain.search(q, K)
+        times["plain"].append(time.perf_counter() - t)
+    return {"times": times, "M": int(np.median(widths)), "raw": raw}
+
+
+def flop_per_query(stage: str, config: FusionConfig, fwd: dict, n: int, dim: int, index_type: str, m: int, raw: bool) -> float | None:
+    if stage == "translate":
+        return config.steps * config.samples * fwd[0] * (1 if config.guidance == 1.0 else 2)
+    if stage == "rerank":
+        return m * config.timesteps * fwd[1] + 2 * m * dim * (2 if raw else 1)
+    if stage == "search" and index_type == "flat":
+        return 2 * n * dim * (2 if raw else 1)
+    if stage == "plain" and index_type == "flat":
+        return 2 * n * dim
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--types", default="flat,auto", help="index types (flat, auto, hnsw, ivfpq); auto is measured only "
+                                                         "where it resolves to an index type not measured already")
+    ap.add_argument("--memory-budget", default="4GB", help="what `auto` plans with (build-index's default)")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--singles", type=int, default=100, help="single-query calls timed")
+    ap.add_argument("--repeats", type=int, default=5, help="calls of the large batch timed")
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--matmul-runs", type=int, default=7)
+    ap.add_argument("--device-list", default=None, help="comma-separated torch devices (default: cpu, plus cuda when available)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir; 1M needs ~5 GB)")
+    ap.add_argument("--quick", action="store_true", help="N = 20,000, batch 128, few calls (checks the script, not results)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "search_speed.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.batch = "20000", min(args.batch, 128)
+        args.singles, args.repeats, args.matmul_runs = min(args.singles, 10), min(args.repeats, 2), min(args.matmul_runs, 2)
+
+    cuda = torch.cuda.is_available()
+    devices = args.device_list.split(",") if args.device_list else ["cpu"] + (["cuda"] if cuda else [])
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    budget = parse_bytes(args.memory_budget)
+    config = FusionConfig()  # the `query` defaults: N=100, S=5, K=1, w=1, J=8, weights raw 0 / translated 1 / diffusion 0.5
+    translators = {dev: untrained_translator(dev) for dev in devices}
+    net = translators[devices[0]].network
+    fwd = {d: 2 * direction_linear_weights(net, d) for d in (0, 1)}
+    baselines = {}
+    for dev in devices:
+        baselines[dev], _ = matmul_flops(dev, args.matmul_n, args.matmul_runs)
+        print(f"{dev}: torch.mm fp32 {args.matmul_n}^2 {gflops(baselines[dev])} GFLOP/s", flush=True)
+
+    rows, notes = [], []
+    workdir = Path(tempfile.mkdtemp(prefix="search_speed-", dir=args.workdir))
+    try:
+        for n in sizes:
+            shards, xq = corpus(n, max(args.batch, args.singles), args.dim, workdir, args.seed)
+            singles = [Queries(xq[i : i + 1], modality="text") for i in range(args.singles)]
+            batch = Queries(xq[: args.batch], modality="text")
+            resolved: dict[str, list[str]] = {}  # index type built -> the --types names it stands for
+            for t in filter(None, args.types.split(",")):
+                real = plan_index(n, args.dim, t, budget).index_type if t == "auto" else t
+                resolved.setdefault(real, []).append(t)
+            for index_type, names in resolved.items():
+                label = " = ".join(dict.fromkeys([index_type, *names]))
+                t0 = time.perf_counter()
+                EmbeddingIndex.build([shards], workdir / f"ix-{n}-{index_type}", index_type=index_type, device="cpu",
+                                     memory_budget=budget)
+                build_s = time.perf_counter() - t0
+                for dev in devices:
+                    index = EmbeddingIndex.load(workdir / f"ix-{n}-{index_type}",
+                                                device="cuda" if dev.startswith("cuda") and faiss.get_num_gpus() else "cpu")
+                    searcher = Searcher(index, translators[dev], config=config)
+                    plain = Searcher(index)
+                    check = batch if args.batch <= 128 else Queries(xq[:64], modality="text")
+                    _, staged_ranking, _, _ = staged(searcher, check)
+                    same = np.array_equal(staged_ranking.ids, searcher.search(check, K).ids)
+                    if not same:
+                        print(f"WARNING: the staged chain's top-{K} differs from Searcher.search's ({dev}, N={n})", flush=True)
+                    notes.append(f"N={n:,} {label} on {dev}: factory {index.manifest['factory']}, search params "
+                                 f"{index.manifest['search_params'] or '-'}, tuned recall@10 {index.manifest['tuned_recall_at_10']}, "
+                                 f"built in {build_s:.0f} s; FAISS on {index.device}; staged top-{K} "
+                                 f"{'equals' if same else 'DIFFERS FROM'} Searcher.search's on {len(check)} queries")
+                    for size, calls in ((1, singles), (args.batch, [batch] * args.repeats)):
+                        r = measure(searcher, plain, calls)
+                        mm = baselines[dev]
+                        plain_p50 = p50(r["times"]["plain"])
+                        for stage in (*STAGES, "total", "plain"):
+                            lat = r["times"][stage]
+                            flop = flop_per_query(stage, config, fwd, n, args.dim, index_type, r["M"], r["raw"])
+                            rate = flop * size / p50(lat) if flop else None
+                            name = {"search": f"search ({'2 FAISS searches, union' if r['raw'] else '1 FAISS search'}, "
+                                              f"N={config.candidates})",
+                                    "rerank": f"rerank (M={r['M']} x J={config.timesteps})",
+                                    "translate": f"translate (S={config.steps}, K={config.samples})",
+                                    "total": "total (sum of stages)",
+                                    "plain": "plain cosine search (baseline)"}.get(stage, stage)
+                            rows.append({"device": dev, "N": f"{n:,}", "index": label, "batch": size, "stage": name,
+                                         "p50 ms": f"{p50(lat) * 1e3:.2f}", "p99 ms": f"{p99(lat) * 1e3:.2f}",
+                                         "ms/query": f"{p50(lat) * 1e3 / size:.3f}",
+                                         "GFLOP/s": gflops(rate) if rate else "-",
+                                         "of matmul": f"{rate / mm:.3f}" if rate else "-",
+                                         "vs plain": f"{p50(lat) / plain_p50:.1f}x" if stage == "total" else ""})
+                            print(" | ".join(str(rows[-1][c]) for c in COLUMNS), flush=True)
+                    del index, searcher, plain
+                shutil.rmtree(workdir / f"ix-{n}-{index_type}")
+            shutil.rmtree(shards)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    if "cuda" in {d.split(":")[0] for d in devices}:
+        gpu_line = (f"GPU: measured on {torch.cuda.get_device_name(0)} (TF32 matmul "
+                    f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}; FAISS GPUs: {faiss.get_num_gpus()}).")
+    elif cuda:
+        gpu_line = "GPU: not measured (not in --device-list)."
+    else:
+        gpu_line = NO_GPU
+    command = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    extra = {
+        "command": f"`{command}`",
+        "N": args.sizes,
+        "dim": args.dim,
+        "batch": args.batch,
+        "single-query calls": args.singles,
+        "batch calls": args.repeats,
+        "torch threads": torch.get_num_threads(),
+        "fusion settings": config.to_dict(),
+        "translator": f"untrained NetworkConfig() {args.dim}/{args.dim}, {sum(p.numel() for p in net.parameters()):,} parameters",
+        "forward FLOP per row": f"{fwd[0]:,} (to-audio), {fwd[1]:,} (from-audio)",
+        **{f"matmul baseline {d}": f"{gflops(v)} GFLOP/s" for d, v in baselines.items()},
+    }
+    if cuda:
+        extra["gpu"] = torch.cuda.get_device_name(0)
+    table = markdown_table(rows, COLUMNS)
+    text = f"""# Search speed: latency per stage of the query chain
+
+`{command}`{" (--quick: sizes and call counts too small for results)" if args.quick else ""}
+
+Queries arrive as embeddings (encoding excluded): the text side of {max(args.batch, args.singles):,} held-out synthetic
+pairs; the index holds N synthetic {args.dim}-d audio-side vectors (`diffgap_search.synthetic`, seed {args.seed}).
+Fusion settings: `FusionConfig()`, the `query` defaults (N = {config.candidates} candidates, S = {config.steps} DDIM steps,
+K = {config.samples}, w = {config.guidance:g}, J = {config.timesteps} diffusion draws, weights translated {config.translated:g} /
+diffusion {config.diffusion:g}). The translator is untrained (default network): speed does not depend on its weights.
+
+- **translate**: `plan_route` + `Searcher.translate` (S x K forward passes per query, DDIM loop, output as numpy).
+- **search**: `Searcher.candidates`: FAISS top-N of the translated and of the raw queries (query and index have
+  one dim, so both run) and their row-wise union `unite`.
+- **rerank**: `Searcher.score`: gather the M candidates' stored vectors, raw and translated cosines, and the
+  diffusion score (one batched forward of the reverse direction over M x J rows per query). M is the padded
+  width of the union (what is computed).
+- **fuse + top-k**: `fuse` (per-query z-scores, weighted sum) and `Searcher.top_k`.
+- **total**: the sum of the four, the body of `Searcher.search` (the staged ranking is checked equal to
+  `Searcher.search`'s). **vs plain** = total p50 / plain p50.
+- **plain cosine search (baseline)**: `Searcher(index).search` without a translator, the whole call,
+  alternated call by call with the staged chain so that background load hits both alike.
+- batch 1: p50/p99 over {args.singles} calls, each with another query; batch {args.batch}: p50/p99 over {args.repeats} calls
+  (p99 of so few is about the slowest). ms/query = p50 / batch.
+- **GFLOP/s**: FLOP per query x batch / p50. translate: S x K x {fwd[0]:,}; rerank: M x J x {fwd[1]:,} + 2 x M x d per cosine
+  signal; flat search: 2 x N x d per FAISS search (not counted for graph / IVF indexes). Forward FLOP = 2 x the
+  nn.Linear weights one direction uses, as in translator_speed.py (biases, activations, LayerNorm not counted: a
+  lower bound). **of matmul** = GFLOP/s over fp32 `torch.mm` {args.matmul_n}^2 (median of {args.matmul_runs} runs),
+  measured in this run on the same device and thread count.
+- `auto` with a {args.memory_budget} budget is measured only where it resolves to another index than those listed
+  before it; a label like "flat = auto" means auto chose that very index (up to 1,000,000 vectors auto is flat).
+
+{gpu_line}
+
+Indexes: {"; ".join(notes)}.
+
+{machine_block(extra)}
+
+{table}
+"""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(table)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
