@@ -80,6 +80,8 @@ def test_train_writes_the_model_and_reports_its_parameters(work):
     for name in ("model.safetensors", "config.json", "log.csv", "training_state.safetensors"):
         assert (model / name).is_file(), name
     assert "saved" in output
+    # 30 steps with the direction flipping every 200: the user is told the reverse direction stays untrained
+    assert "warning: the direction flips every 200 steps and this run has 30" in output and "--interval 3" in output
     match = re.search(r"saved .*: ([\d,]+) parameters, (\d+) steps", output)
     assert match, output
     translator = Translator.load(model)

@@ -365,6 +365,9 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
     log(f"denoiser: {params:,} parameters ({params * 4 / 1e6:.1f} MB fp32); {n} training pairs, "
         f"{len(val_pairs) if val_pairs else 0} validation pairs; {total} steps of batch {config.batch_size}"
         + (f", direction flips every {config.interval}" if config.bidirectional else ", to-audio only (no BST)"))
+    if config.bidirectional and total <= config.interval:
+        log(f"warning: the direction flips every {config.interval} steps and this run has {total}: the from-audio "
+            f"direction (used to rerank) will not be trained; pass --interval {max(1, total // 10)} or fewer")
 
     def meta_now() -> dict:
         return {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best": best}

@@ -272,7 +272,7 @@ class Translator:
 
     @torch.no_grad()
     def denoise_error(self, target, conditions, timesteps, noise, direction: str | int = "from-audio",
-                      max_rows: int = 262_144) -> np.ndarray:
+                      max_rows: int | None = None) -> np.ndarray:
         """Mean denoising error of each (target, condition) pair over shared (timestep, noise) pairs.
 
         target [Q, d_t] (e.g. text queries), conditions [Q, N, d_c] or [N, d_c] shared
@@ -302,6 +302,8 @@ class Translator:
         goal = prediction_target(sched, *flat).view(q, j, tgt_dim)
         errors = torch.empty(q, n_cand, device=self.device)
         per_query = n_cand * j
+        if max_rows is None:  # rows per forward pass: large chunks pay on a GPU; on a CPU they thrash the caches
+            max_rows = 262_144 if self.device.type == "cuda" else 16_384  # ~1.8x faster per query than 262,144 on 2 CPU cores
         chunk = max(1, max_rows // per_query)
         for lo in range(0, q, chunk):
             hi = min(q, lo + chunk)
