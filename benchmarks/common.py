@@ -80,3 +80,30 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def machine_block(extra: dict | None = None) -> str:
     facts = {**machine(), **(extra or {})}
     return "\n".join(f"- {k}: {v}" for k, v in facts.items())
+
+
+NO_GPU = "GPU: not measured, no GPU lent to this task (device status can_start_another: false)."
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timer measures it; nothing on a CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def matmul_flops(device: str, n: int, runs: int) -> tuple[float, float]:
+    """(FLOP/s, median seconds) of a fp32 n x n @ n x n torch.mm: the baseline every "of matmul" divides by."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, n, generator=g).to(device)
+    y = torch.randn(n, n, generator=g).to(device)
+
+    def one():
+        torch.mm(x, y)
+        sync(device)
+
+    seconds = p50(timings(one, runs, warmup=2))
+    return 2.0 * n**3 / seconds, seconds

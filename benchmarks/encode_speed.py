@@ -55,33 +55,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))  # tiny_models: the offline LAION checkpoint and HF cache the tests use
-from common import RESULTS, machine_block, markdown_table, p50, timings  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50  # noqa: E402
 
 import diffgap_search.ingest as ingest  # noqa: E402
 from diffgap_search.audio_io import SAMPLE_RATE, clip_windows, decode_audio  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
-NO_GPU = "GPU: not measured, no GPU lent to this task (device status can_start_another: false)."
 WINDOW = 480_000
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_flops(device: str, n: int, runs: int) -> tuple[float, float]:
-    """(FLOP/s, median seconds) of a fp32 n x n @ n x n torch.mm."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, n, generator=g).to(device)
-    y = torch.randn(n, n, generator=g).to(device)
-
-    def one():
-        torch.mm(x, y)
-        sync(device)
-
-    seconds = p50(timings(one, runs, warmup=2))
-    return 2.0 * n**3 / seconds, seconds
 
 
 def real_files() -> list[Path]:

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_block, markdown_table, p50, p99  # noqa: E402
-from translator_speed import NO_GPU, direction_linear_weights, gflops, make_train_pairs, matmul_flops  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99  # noqa: E402
+from translator_speed import direction_linear_weights, gflops, make_train_pairs  # noqa: E402
 
 from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
 from diffgap_search.diffusion.translator import Translator  # noqa: E402

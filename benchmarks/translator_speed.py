@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_block, markdown_table, p50, p99, timings  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings  # noqa: E402
 
 from diffgap_search.diffusion.network import Denoiser, NetworkConfig, count_parameters  # noqa: E402
 from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
@@ -56,26 +56,6 @@ from diffgap_search.synthetic import GapConfig, make_pairs  # noqa: E402
 STEPS = 5  # S
 SAMPLES = 1  # K
 GUIDANCE = 1.0  # w
-NO_GPU = "GPU: not measured, no GPU lent to this task (device status can_start_another: false)."
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_flops(device: str, n: int, runs: int) -> tuple[float, float]:
-    """(FLOP/s, median seconds) of a fp32 n x n @ n x n torch.mm."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, n, generator=g).to(device)
-    y = torch.randn(n, n, generator=g).to(device)
-
-    def one():
-        torch.mm(x, y)
-        sync(device)
-
-    seconds = p50(timings(one, runs, warmup=2))
-    return 2.0 * n**3 / seconds, seconds
 
 
 def direction_linear_weights(net: Denoiser, direction: int) -> int:
