@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
 from diffgap_search.diffusion.network import NetworkConfig
-from diffgap_search.diffusion.train import TrainConfig, direction_at, train
+from diffgap_search.diffusion.train import TrainConfig, both_directions_trained, direction_at, train
 from diffgap_search.diffusion.translator import Translator
 from diffgap_search.errors import DiffgapError
 from diffgap_search.pairs import read_pairs, write_pairs
@@ -183,6 +183,22 @@ def test_no_bidirectional_trains_only_to_audio(pairs_file, tmp_path):
     assert set(seen) == {0}
     with pytest.raises(DiffgapError, match="no-bidirectional"):
         tr.translate(np.ones((1, 24), np.float32), "from-audio")
+
+
+def test_keep_best_only_keeps_epochs_where_both_directions_trained(pairs_file, tmp_path):
+    # 570 training pairs, batch 32: 18 steps per epoch; the first flip is at step 30, so epoch 1
+    # (steps 0-17) has an untrained from-audio direction and may not be kept once a later one exists
+    train(pairs_file, tmp_path / "m", tiny_config(epochs=4, interval=30), progress=False, log=lambda s: None)
+    log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [18, 36, 54, 72]
+    assert [r["both_directions_trained"] for r in log] == [False, True, True, True]
+    expected = max(log, key=lambda r: (r["both_directions_trained"], r["val_R@1"], -r["val_loss_to-audio"]))
+    kept = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    assert kept["epoch"]["epoch"] == expected["epoch"] and kept["steps"] > 30
+    # a run that never reaches the first flip (warned about) keeps its best epoch among all
+    assert both_directions_trained(18, 72, tiny_config(interval=1000))
+    assert not both_directions_trained(18, 72, tiny_config(interval=30))
+    assert both_directions_trained(18, 72, tiny_config(interval=30, bidirectional=False))
 
 
 def test_seeded_training_reproduces(pairs_file, tmp_path):

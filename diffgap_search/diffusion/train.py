@@ -139,6 +139,18 @@ def direction_at(step: int, interval: int, bidirectional: bool = True) -> int:
     return (step // interval) % 2 if bidirectional else 0
 
 
+KEPT = "best validation R@1 among epochs where both directions have trained"
+
+
+def both_directions_trained(steps_done: int, total: int, config: "TrainConfig") -> bool:
+    """Whether an epoch ending after `steps_done` steps may be kept as the best one.
+
+    With BST, only once the from-audio direction has had a step (steps_done > m); a run too
+    short to ever flip (total <= m, warned about at the start) keeps its best epoch anyway.
+    """
+    return not config.bidirectional or steps_done > config.interval or total <= config.interval
+
+
 def load_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -400,14 +412,17 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
                 row = {"epoch": epoch + 1, "step": run.step, "train_loss": float(np.mean(epoch_losses))}
                 if val_pairs is not None:
                     row.update(validate(run, val_pairs, train_pairs))
+                row["both_directions_trained"] = both_directions_trained(run.step, total, config)
                 row["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_start, 2)
                 _append_log(out, row)
                 epoch_losses = []
-                # keep the epoch that validates best (translated R@1, then loss): small pair sets overfit
-                score = [row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
+                # keep the epoch that validates best (translated R@1, then loss): small pair sets overfit.
+                # With BST, an epoch before the first flip has an untrained from-audio direction (the
+                # reranker): such epochs are kept only until one where both directions trained.
+                score = [int(row["both_directions_trained"]), row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
                 if not config.keep_best or score is None or best is None or score > best["score"]:
                     best = {"score": score, "epoch": row["epoch"], "step": run.step}
-                    extra = {"parameters": params, "steps": run.step, "epoch": row, "selected": "best validation R@1"
+                    extra = {"parameters": params, "steps": run.step, "epoch": row, "selected": KEPT
                              if config.keep_best and score is not None else "last"}
                     save_checkpoint(out, translator_config(run, train_pairs, extra), run.ema.state_dict(),
                                     run.model.state_dict(), (run.norm_a, run.norm_b))
