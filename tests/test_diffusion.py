@@ -201,6 +201,35 @@ def test_keep_best_only_keeps_epochs_where_both_directions_trained(pairs_file, t
     assert both_directions_trained(18, 72, tiny_config(interval=30, bidirectional=False))
 
 
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
+def test_step_loss_is_mse_plus_infonce_on_the_clean_estimate(prediction_type):
+    from diffusers import DDPMScheduler
+
+    from diffgap_search.diffusion.train import clean_estimate, step_loss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, pred = (torch.randn(6, 5, generator=g) for _ in range(3))
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    keep = torch.tensor([True, True, False, True, True, False])
+    x_t = sched.add_noise(x0, noise, t)
+    # the clean estimate equals the one diffusers' own DDPM step derives, row by row
+    for i in range(6):
+        ref = sched.step(pred[i : i + 1], int(t[i]), x_t[i : i + 1], generator=g).pred_original_sample
+        torch.testing.assert_close(clean_estimate(sched, pred[i : i + 1], x_t[i : i + 1], t[i : i + 1]), ref, rtol=1e-4, atol=1e-5)
+    target = {"sample": x0, "epsilon": noise, "v_prediction": sched.get_velocity(x0, noise, t)}[prediction_type]
+    mse = ((pred - target) ** 2).mean()
+    assert torch.allclose(step_loss(sched, pred, x0, x_t, noise, t, keep, 0.0), mse)
+    # InfoNCE by hand over the kept rows: -log softmax_j(cos(x0_hat_i, x0_j) / tau)[i]
+    x0_hat = clean_estimate(sched, pred, x_t, t).double().numpy()
+    ref_x0 = x0.double().numpy()
+    cos = (x0_hat / np.linalg.norm(x0_hat, axis=1, keepdims=True)) @ (ref_x0 / np.linalg.norm(ref_x0, axis=1, keepdims=True)).T / 0.1
+    rows = np.flatnonzero(keep.numpy())
+    ce = np.mean([np.log(np.exp(cos[i]).sum()) - cos[i, i] for i in rows])
+    got = step_loss(sched, pred, x0, x_t, noise, t, keep, 0.5, 0.1)
+    assert abs(float(got) - (float(mse) + 0.5 * ce)) < 1e-4
+
+
 def test_seeded_training_reproduces(pairs_file, tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         train(pairs_file, tmp_path / name, tiny_config(max_steps=25, seed=seed), progress=False, log=lambda s: None)
@@ -212,8 +241,9 @@ def test_seeded_training_reproduces(pairs_file, tmp_path):
 def test_loss_falls_on_synthetic_pairs(tmp_path):
     p = make_pairs(4000, GapConfig(dim_a=32, dim_b=32), seed=0)
     path = write_pairs(tmp_path / "p.parquet", p.a, p.b)
+    # the paper's loss alone (no contrastive term), so train_loss is the denoising MSE
     cfg = tiny_config(epochs=4, batch_size=64, interval=100000, network=NetworkConfig(hidden=64, emb=64, blocks=2),
-                      val_queries=200, val_steps=5)
+                      val_queries=200, val_steps=5, contrastive_weight=0.0)
     train(path, tmp_path / "m", cfg, progress=False, log=lambda s: None)
     log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4

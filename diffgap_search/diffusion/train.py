@@ -9,8 +9,9 @@ to-audio (the paper's "no BST" ablation).
 Each step: t ~ U{0..T-1}, noise ~ N(0, I), x_t = DDPMScheduler.add_noise(x0, noise, t),
 the condition replaced by the learned null condition with probability
 `cond_dropout` (for classifier-free guidance), loss = MSE between the network output
-and the prediction target (epsilon, x0 or v). Adam, gradient clipping, EMA weights
-for inference.
+and the prediction target (epsilon, x0 or v), plus `contrastive_weight` x an InfoNCE
+term on the clean-target estimate (`step_loss`; 0 gives the paper's loss). Adam,
+gradient clipping, EMA weights for inference.
 
 Reproducible: the weights are initialized from `seed`, each epoch's order from
 (seed, epoch), and every draw of t / noise / dropout from one generator whose
@@ -65,6 +66,10 @@ class TrainConfig:
     val_steps: int = 5
     max_steps: int | None = None  # stop after this many steps in total (for tests and quick runs)
     keep_best: bool = True  # the saved translator is the epoch with the best validation R@1 (not the last)
+    # weight of the contrastive (InfoNCE) term on the clean-target estimate (0 = the paper's pure
+    # denoising loss); see `step_loss` and benchmarks/results/translator_contrastive.md
+    contrastive_weight: float = 0.3
+    contrastive_temperature: float = 0.1
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -121,6 +126,8 @@ class TrainConfig:
         number("val_queries", lo=1)
         number("val_steps", lo=1)
         number("max_steps", lo=1, optional=True)
+        number("contrastive_weight", real, lo=0)
+        number("contrastive_temperature", real, lo=0, lo_open=True)
         if not isinstance(self.keep_best, bool):
             raise DiffgapError(f"{source}: keep_best = {self.keep_best!r} is not true or false")
         if not isinstance(self.bidirectional, bool):
@@ -231,7 +238,7 @@ class _Run:
         t, noise, keep = t.to(self.device), noise.to(self.device), keep.to(self.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         pred = self.model(x_t, t, cond, direction, keep=keep)
-        loss = torch.nn.functional.mse_loss(pred, prediction_target(self.scheduler, x0, noise, t))
+        loss = step_loss(self.scheduler, pred, x0, x_t, noise, t, keep, cfg.contrastive_weight, cfg.contrastive_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -243,6 +250,37 @@ class _Run:
             torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1 - decay)
         self.step += 1
         return float(loss.detach())
+
+
+def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, temperature: float = 0.1) -> torch.Tensor:
+    """The training loss of one batch: MSE to the prediction target, plus `weight` x InfoNCE.
+
+    The contrastive term scores the network's estimate of the clean target x0_hat (the output
+    itself for x0 prediction; derived from it for epsilon / v) against every x0 of the batch by
+    cosine / temperature, and takes the cross-entropy of the row's own x0, over the rows that kept
+    their condition (a dropped condition cannot tell its target apart). Why: the MSE optimum is
+    the conditional mean E[x0 | condition], which on clustered data shrinks towards cluster
+    centres and retrieves worse as it fits better (translator_epochs.md); the contrastive term
+    keeps the estimate discriminative among the batch's targets.
+    """
+    loss = torch.nn.functional.mse_loss(pred, prediction_target(scheduler, x0, noise, t))
+    if weight > 0 and bool(keep.any()):
+        x0_hat = clean_estimate(scheduler, pred, x_t, t)[keep]
+        logits = torch.nn.functional.normalize(x0_hat, dim=-1) @ torch.nn.functional.normalize(x0, dim=-1).T / temperature
+        own = torch.arange(len(x0), device=x0.device)[keep]
+        loss = loss + weight * torch.nn.functional.cross_entropy(logits, own)
+    return loss
+
+
+def clean_estimate(scheduler, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0_hat from the network output, whatever the prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return pred
+    abar = scheduler.alphas_cumprod.to(pred.device)[t][:, None]
+    if kind == "epsilon":
+        return (x_t - (1 - abar).sqrt() * pred) / abar.sqrt()
+    return abar.sqrt() * x_t - (1 - abar).sqrt() * pred  # v prediction
 
 
 def _save_state(run: _Run, out: Path, meta: dict) -> None:
