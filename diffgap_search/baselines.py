@@ -1,4 +1,4 @@
-"""Cheap translators to compare DiffGAP against: mean shift and ridge regression.
+"""Cheap translators to compare DiffGAP against: mean shift, ridge regression, MLP mappers.
 
 Each is fitted on training pairs (query side b -> audio side a) and maps query
 vectors into the audio space as unit vectors, like `Translator.translate(..., "to-audio")`.
@@ -6,7 +6,10 @@ vectors into the audio space as unit vectors, like `Translator.translate(..., "t
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
+import torch
 
 from diffgap_search.errors import DiffgapError
 
@@ -65,3 +68,233 @@ def fit_ridge(a: np.ndarray, b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray
         if best is None or key > best[0]:
             best = (key, model)
     return best[1], best[1].lam
+
+
+# ---------------------------------------------------------------------------
+# learned MLP mappers: regression (V2A-Mapper's "regression" variant) and contrastive (InfoNCE)
+# ---------------------------------------------------------------------------
+
+MLP_LOSSES = ("regression", "infonce")
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """One MLP mapper b -> a: out = skip(x) + W2 gelu(W1 x), x the standardized query vector.
+
+    loss "regression": 1 - cos(out, a) (the MSE of unit vectors, 2 - 2 cos, halved), as
+    V2A-Mapper's regression variant; "infonce": the symmetric contrastive loss of CLIP over
+    the batch, cos(out_i, a_j) / tau with a learned tau, other captions of one clip masked
+    out as negatives. The epoch kept is the one of best validation R@1 (early stopping).
+    """
+
+    loss: str = "regression"
+    hidden: int = 512
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 20
+    patience: int = 4  # epochs without a better validation R@1 before stopping
+    temperature: float = 0.07  # initial tau of infonce (learned)
+    seed: int = 0
+
+
+# the validation grid of `fit_mlp`: dropout (the regularization that mattered on the small sets) x loss settings
+MLP_DROPOUTS = (0.1, 0.5)
+
+
+class _MLPNet(torch.nn.Module):
+    def __init__(self, dim_b: int, dim_a: int, config: MLPConfig):
+        super().__init__()
+        nn = torch.nn
+        self.skip = nn.Linear(dim_b, dim_a)
+        self.mlp = nn.Sequential(nn.Linear(dim_b, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
+                                 nn.Linear(config.hidden, dim_a))
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(1 / config.temperature))))
+
+    def forward(self, x):
+        return self.skip(x) + self.mlp(x)
+
+
+class MLPMapper:
+    """An MLP b -> a trained with `MLPConfig.loss`; call it on query vectors to get unit a-space vectors."""
+
+    def __init__(self, config: MLPConfig = MLPConfig()):
+        if config.loss not in MLP_LOSSES:
+            raise DiffgapError(f"MLP mapper loss {config.loss!r} is unknown; use one of {', '.join(MLP_LOSSES)}")
+        self.config = config
+        self.epoch = 0  # the kept epoch
+        self.val_r1: float | None = None
+
+    def fit(self, a: np.ndarray, b: np.ndarray, group: np.ndarray | None = None,
+            val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> "MLPMapper":
+        """a [n, d_a], b [n, d_b] pairs; group [n] (clip of each pair, for the infonce mask);
+        val = (gallery [G, d_a], queries [m, d_b], target [m]) keeps the epoch of best R@1."""
+        import torch.nn.functional as F
+
+        from diffgap_search.metrics import target_ranks
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        a_t = torch.from_numpy(_unit(np.asarray(a, np.float32)))
+        b_np = np.asarray(b, np.float32)
+        self.mean = b_np.mean(0)
+        self.scale = float(np.sqrt(((b_np - self.mean) ** 2).sum(1).mean() / b_np.shape[1])) or 1.0
+        b_t = torch.from_numpy(self._standardize(b_np))
+        group_t = torch.from_numpy(np.asarray(group if group is not None else np.arange(len(a)), np.int64))
+        self.net = _MLPNet(b_t.shape[1], a_t.shape[1], cfg)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        g = torch.Generator().manual_seed(cfg.seed)
+        best, since = None, 0
+        for epoch in range(1, cfg.epochs + 1):
+            self.net.train()
+            for idx in torch.randperm(len(a_t), generator=g).split(cfg.batch_size):
+                out = F.normalize(self.net(b_t[idx]), dim=-1)  # [m, d_a]
+                if cfg.loss == "regression":
+                    loss = (1 - (out * a_t[idx]).sum(-1)).mean()
+                else:
+                    logits = out @ a_t[idx].T * self.net.log_scale.clamp(max=np.log(100)).exp()  # [m, m]
+                    same = group_t[idx][:, None] == group_t[idx][None, :]
+                    logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), float("-inf"))
+                    target = torch.arange(len(idx))
+                    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if val is None:
+                continue
+            gallery, queries, target = val
+            mapped = self(queries)
+            ranks = target_ranks(mapped, gallery, target)
+            # R@1, then mean rank, then the mean cosine to the target (breaks ties once retrieval saturates)
+            score = (float((ranks < 1).mean()), -float(ranks.mean()), float((mapped * gallery[target]).sum(1).mean()))
+            if best is None or score > best[0]:
+                best, since = (score, epoch, {k: v.clone() for k, v in self.net.state_dict().items()}), 0
+            else:
+                since += 1
+                if since >= cfg.patience:
+                    break
+        if best is not None:
+            self.net.load_state_dict(best[2])
+            self.epoch, self.val_r1 = best[1], best[0][0]
+        else:
+            self.epoch = cfg.epochs
+        self.net.eval()
+        return self
+
+    def _standardize(self, b: np.ndarray) -> np.ndarray:
+        return ((_unit(np.asarray(b, np.float32)) - self.mean) / self.scale).astype(np.float32)
+
+    def __call__(self, b: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _unit(self.net(torch.from_numpy(self._standardize(b))).numpy())
+
+
+def fit_mlp(a: np.ndarray, b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray, val_target: np.ndarray,
+            loss: str = "regression", *, group: np.ndarray | None = None, seed: int = 0,
+            dropouts=MLP_DROPOUTS, base: MLPConfig | None = None) -> tuple[MLPMapper, dict]:
+    """An MLP mapper with dropout and epoch chosen by validation R@1 (val_a = gallery, val_b = queries)."""
+    base = base or MLPConfig()
+    best = None
+    for dropout in dropouts:
+        config = MLPConfig(**{**asdict(base), "loss": loss, "dropout": dropout, "seed": seed})
+        model = MLPMapper(config).fit(a, b, group, (val_a, val_b, val_target))
+        if best is None or model.val_r1 > best.val_r1:
+            best = model
+    return best, {"dropout": best.config.dropout, "epoch": best.epoch, "hidden": best.config.hidden,
+                  "val R@1": round(best.val_r1, 4)}
+
+
+# ---------------------------------------------------------------------------
+# CDM off: the DiffGAP network without diffusion (the paper's component ablation)
+# ---------------------------------------------------------------------------
+
+
+class DirectDenoiser:
+    """The DiffGAP denoiser trained as a deterministic mapper: "CDM off" of the paper's Table VII.
+
+    Same network (`Denoiser`), normalization, optimizer, batches, number of steps, EMA and
+    direction flips every `interval` steps (both directions unless `bidirectional` is
+    False) as `diffusion.train.train`; only the diffusion is gone: the network always sees
+    x_t = 0 at t = T - 1 and regresses the clean target from the condition (MSE in
+    normalized space). The epoch of best validation R@1 (to-audio) is kept, as in training.
+    `translate` has the signature of `Translator.translate`; sampling settings are ignored.
+    """
+
+    deterministic = True  # one forward pass per vector: no sampling steps, samples or guidance
+
+    def __init__(self, config):
+        self.config = config  # a diffusion.train.TrainConfig
+
+    def fit(self, pairs, log=lambda s: None) -> "DirectDenoiser":
+        from dataclasses import asdict as _asdict
+
+        from diffgap_search.diffusion.network import Denoiser, NetworkConfig
+        from diffgap_search.diffusion.normalize import SpaceNorm
+        from diffgap_search.diffusion.train import direction_at
+        from diffgap_search.metrics import target_ranks
+        from diffgap_search.pairs import split_train_val
+
+        cfg = self.config
+        train, val = split_train_val(pairs, cfg.val_fraction, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        net = Denoiser(NetworkConfig(**{**_asdict(cfg.network), "dim_a": train.dim_a, "dim_b": train.dim_b}))
+        self.network = Denoiser(net.config).requires_grad_(False)
+        self.network.load_state_dict(net.state_dict())
+        self.norms = (SpaceNorm(train.dim_a).fit(torch.from_numpy(np.array(train.a))),
+                      SpaceNorm(train.dim_b).fit(torch.from_numpy(np.array(train.b))))
+        x = (self.norms[0](torch.from_numpy(np.array(train.a))), self.norms[1](torch.from_numpy(np.array(train.b))))
+        self.t_last = cfg.schedule.train_timesteps - 1
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        n = len(train)
+        per_epoch = -(-n // cfg.batch_size)
+        total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
+        best, step = None, 0
+        while step < total:
+            epoch = step // per_epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            for idx in order.split(cfg.batch_size):
+                if step >= total:
+                    break
+                d = direction_at(step, cfg.interval, cfg.bidirectional)
+                x0, cond = (x[0][idx], x[1][idx]) if d == 0 else (x[1][idx], x[0][idx])
+                pred = net(torch.zeros_like(x0), torch.full((len(idx),), self.t_last), cond, d)  # [m, d_target]
+                loss = torch.nn.functional.mse_loss(pred, x0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(self.network.parameters()), list(net.parameters()), 1 - decay)
+                step += 1
+            if val is not None and cfg.keep_best:
+                gallery, target = val.gallery()
+                rows = np.arange(min(len(val), cfg.val_queries))
+                r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
+                if best is None or r1 > best[0]:
+                    best = (r1, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()})
+        if best is not None:
+            self.network.load_state_dict(best[2])
+        self.epoch = best[1] if best is not None else cfg.epochs
+        self.steps = step
+        return self
+
+    def dims(self, direction) -> tuple[int, int]:
+        a, b = self.norms[0].mean.shape[0], self.norms[1].mean.shape[0]
+        return (b, a) if direction in (0, "to-audio") else (a, b)
+
+    @torch.no_grad()
+    def translate(self, x, direction="to-audio", **_sampling) -> np.ndarray:
+        d = 0 if direction in (0, "to-audio") else 1
+        if d == 1 and not self.config.bidirectional:
+            raise DiffgapError("this mapper was trained to-audio only (bidirectional off) and has no from-audio direction")
+        src_norm, tgt_norm = self.norms[1 - d], self.norms[d]
+        cond = src_norm(torch.from_numpy(np.array(x, np.float32)))
+        out = []
+        for lo in range(0, len(cond), 8192):
+            c = cond[lo : lo + 8192]
+            x0 = torch.zeros(len(c), self.dims(d)[1])
+            out.append(tgt_norm.inverse(self.network(x0, torch.full((len(c),), self.t_last), c, d)))
+        return torch.cat(out).numpy()
