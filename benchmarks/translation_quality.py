@@ -29,13 +29,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 
 from diffgap_search.baselines import MeanShift, fit_ridge  # noqa: E402
+from diffgap_search.benchmark import pairs_from_arrays  # noqa: E402
 from diffgap_search.diffusion.train import TrainConfig, load_recipe, train  # noqa: E402
 from diffgap_search.metrics import recall_at, target_ranks  # noqa: E402
 from diffgap_search.pairs import Pairs, read_pairs, split_train_val  # noqa: E402
@@ -46,16 +46,6 @@ STEPS = (50, 20, 5)
 SAMPLES = (1, 4)  # K = 16 helps a little more (see translator_study.md) but costs 4x the CPU time at S = 50
 GUIDANCE = (1.0, 2.0, 4.0, 6.0, 8.0)
 SEED = 0
-
-
-def pairs_from_arrays(a: np.ndarray, b: np.ndarray, group=None, split=None, source: str = "") -> Pairs:
-    n = len(a)
-    group = np.arange(n) if group is None else np.asarray(group)
-    _, inverse = np.unique(group, return_inverse=True)
-    return Pairs(a=np.ascontiguousarray(a, dtype=np.float32), b=np.ascontiguousarray(b, dtype=np.float32),
-                 pair_id=np.arange(n), group=inverse.astype(np.int64), group_id=group,
-                 split=None if split is None else np.asarray(split), metadata=pa.table({"row": np.arange(n)}),
-                 source=source)
 
 
 def folds(name: str, size: int | None = None):
@@ -174,6 +164,7 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--recipe", type=Path, default=None, help="training recipe (default: the built-in defaults, see below)")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--interval", type=int, default=None, help="direction interval m (default: the recipe's / TrainConfig's)")
     ap.add_argument("--min-steps", type=int, default=3000, help="small datasets train at least this many steps")
     ap.add_argument("--max-steps", default="synthetic-100k=10000",
                     help="per-dataset step caps, e.g. synthetic-100k=10000 (CPU time), comma-separated")
@@ -185,6 +176,8 @@ def main() -> None:
     caps = dict((k, int(v)) for k, v in (item.split("=") for item in args.max_steps.split(",") if item))
     if args.epochs:
         base = replace(base, epochs=args.epochs)
+    if args.interval:
+        base = replace(base, interval=args.interval)
     store = args.out.with_suffix(".json")
     record = json.loads(store.read_text()) if store.exists() else {}  # datasets may be run in several invocations
     workdir = Path(tempfile.mkdtemp(prefix="translation_quality-"))

@@ -140,3 +140,37 @@ def tiny_clip(folder: Path, seed: int = 0, *, full_model: bool = False, image_si
     model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
+
+
+def tiny_audioldm(folder: Path, seed: int = 0, *, projection_dim: int = 16) -> Path:
+    """A random AudioLDMPipeline (a few hundred k parameters) saved with save_pretrained, as diffusers' own
+    tests/pipelines/audioldm/test_audioldm.py builds one (narrower), with the caption-trained tokenizer.
+
+    The UNet takes the CLAP projection (`projection_dim`) as its class embedding; the vocoder turns 8 mel
+    bins into 16 kHz audio, 4 samples a frame, so 0.016 s is 64 frames = 256 samples."""
+    from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    tokenizer = roberta_tokenizer(folder / "tokenizer-src")
+    tokenizer.model_max_length = 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(8, 16), attention_head_dim=2, class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=projection_dim, class_embeddings_concat=True)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    vae = AutoencoderKL(block_out_channels=[8, 16], norm_num_groups=8, in_channels=1, out_channels=1, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    text_encoder = ClapTextModelWithProjection(ClapTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=1,
+        projection_dim=projection_dim, max_position_embeddings=40, layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=8, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False))
+    with torch.no_grad():  # drawn 5x wider than the default init, so that the condition clearly moves the output
+        unet.class_embedding.weight.mul_(5)
+    pipe = AudioLDMPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, vocoder=vocoder)
+    pipe.save_pretrained(folder)
+    return folder
