@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 
 from diffgap_search.errors import DiffgapError
 from diffgap_search.search import Queries, _describe, _fits
+from diffgap_search.storage import write_file_atomic
 
 FORMAT = "diffgap-conditions"
 FORMAT_VERSION = 1
@@ -145,7 +145,7 @@ def _write_npy(conditions: Conditions, out: Path) -> list[Path]:
     from diffgap_search.storage import write_json_atomic
 
     digest = hashlib.sha256()
-    _atomic_write(out, lambda fh: np.save(_HashingWriter(fh, digest), conditions.vectors, allow_pickle=False))
+    write_file_atomic(out, lambda fh: np.save(_HashingWriter(fh, digest), conditions.vectors, allow_pickle=False))
     sidecar = sidecar_path(out)
     write_json_atomic({
         **_header(conditions),
@@ -182,7 +182,7 @@ def _write_pt(conditions: Conditions, out: Path) -> Path:
         "ids": torch.from_numpy(conditions.ids.copy()),  # [n] int64
         "captions": list(conditions.captions),
     }
-    _atomic_write(out, lambda fh: torch.save(payload, fh))
+    write_file_atomic(out, lambda fh: torch.save(payload, fh))
     return out
 
 
@@ -195,20 +195,3 @@ class _HashingWriter:
     def write(self, data) -> int:
         self.digest.update(data)
         return self.fh.write(data)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(fh) into a temporary file beside `path`, fsync, rename into place; nothing is left on failure."""
-    from diffgap_search.storage import _mkstemp
-
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

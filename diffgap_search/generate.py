@@ -198,11 +198,11 @@ def generate(pipe, prompts: list[str], out_dir: str | Path, translator=None, *, 
 
 
 def _write_outputs(soundfile, stem: Path, prompt: str, seed: int, audio: np.ndarray, rate: int, record: dict) -> GeneratedFile:
-    from diffgap_search.bridge import _atomic_write
+    from diffgap_search.storage import write_file_atomic
     from diffgap_search.storage import write_json_atomic
 
     wav, sidecar = stem.with_suffix(".wav"), stem.with_suffix(".json")
-    _atomic_write(wav, lambda fh: soundfile.write(fh, audio, rate, format="WAV", subtype="FLOAT"))
+    write_file_atomic(wav, lambda fh: soundfile.write(fh, audio, rate, format="WAV", subtype="FLOAT"))
     write_json_atomic({"prompt": prompt, "seed": seed, "wav": wav.name, "sample_rate": rate, "samples": int(len(audio)),
                        "duration_s": len(audio) / rate, **record}, sidecar)
     return GeneratedFile(wav, sidecar, prompt, seed, int(len(audio)), rate)

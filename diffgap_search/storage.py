@@ -405,10 +405,21 @@ def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compression = {c: ("none" if c in VECTOR_COLUMNS else "zstd") for c in table.column_names}
+    return write_file_atomic(path, lambda fh: pq.write_table(
+        table, fh, compression=compression, use_dictionary=[c for c in table.column_names if c not in VECTOR_COLUMNS]))
+
+
+def write_file_atomic(path: str | Path, write, mode: str = "wb", **open_kwargs) -> Path:
+    """write(fh) into a temporary file beside `path`, fsync, rename into place.
+
+    A crash at any point leaves the old file or the new one, never half of one, and
+    an exception leaves no temporary file behind.
+    """
+    path = Path(path)
     fd, tmp = _mkstemp(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression=compression, use_dictionary=[c for c in table.column_names if c not in VECTOR_COLUMNS])
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -483,17 +494,4 @@ def validate_shard(path: str | Path, *, dim: int | None = None) -> dict:
 
 
 def write_json_atomic(obj: dict, path: str | Path) -> Path:
-    path = Path(path)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_file_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), "w")

@@ -21,8 +21,6 @@ listed in `<out>.missing.csv` (clip_id, side, reason) and counted; it never stop
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import pyarrow.parquet as pq
 from diffgap_search.audio_io import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from diffgap_search.datasets.manifest import Clip, Manifest, match_keys, match_media
 from diffgap_search.errors import DiffgapError
+from diffgap_search.storage import write_file_atomic
 
 TEXT_COLUMNS = ("caption", "text", "label")
 
@@ -314,15 +313,9 @@ def _write_missing(out: Path, missing: list[tuple[str, str, str]]) -> Path | Non
         if path.exists():
             path.unlink()
         return None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["clip_id", "side", "reason"])
-            writer.writerows(missing)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    def write(fh) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(["clip_id", "side", "reason"])
+        writer.writerows(missing)
+
+    return write_file_atomic(path, write, "w", newline="")
