@@ -216,8 +216,9 @@ class DirectDenoiser:
     Same network (`Denoiser`), normalization, optimizer, batches, number of steps, EMA and
     direction flips every `interval` steps (both directions unless `bidirectional` is
     False) as `diffusion.train.train`; only the diffusion is gone: the network always sees
-    x_t = 0 at t = T - 1 and regresses the clean target from the condition (MSE in
-    normalized space). The epoch of best validation R@1 (to-audio) is kept, as in training.
+    x_t = 0 at t = T - 1 and regresses the clean target from the condition with the
+    translator's loss (MSE in normalized space + `contrastive_weight` x InfoNCE). The epoch
+    of best validation R@1 (to-audio) among those after the first flip is kept, as in training.
     `translate` has the signature of `Translator.translate`; sampling settings are ignored.
     """
 
@@ -231,7 +232,7 @@ class DirectDenoiser:
 
         from diffgap_search.diffusion.network import Denoiser, NetworkConfig
         from diffgap_search.diffusion.normalize import SpaceNorm
-        from diffgap_search.diffusion.train import direction_at
+        from diffgap_search.diffusion.train import both_directions_trained, direction_at, info_nce
         from diffgap_search.metrics import target_ranks
         from diffgap_search.pairs import split_train_val
 
@@ -259,7 +260,10 @@ class DirectDenoiser:
                 d = direction_at(step, cfg.interval, cfg.bidirectional)
                 x0, cond = (x[0][idx], x[1][idx]) if d == 0 else (x[1][idx], x[0][idx])
                 pred = net(torch.zeros_like(x0), torch.full((len(idx),), self.t_last), cond, d)  # [m, d_target]
-                loss = torch.nn.functional.mse_loss(pred, x0)
+                loss = torch.nn.functional.mse_loss(pred, x0)  # the training loss of the translator, at t = T-1
+                if cfg.contrastive_weight > 0:
+                    keep = torch.ones(len(idx), dtype=torch.bool)
+                    loss = loss + cfg.contrastive_weight * info_nce(pred, x0, keep, cfg.contrastive_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -273,8 +277,9 @@ class DirectDenoiser:
                 gallery, target = val.gallery()
                 rows = np.arange(min(len(val), cfg.val_queries))
                 r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
-                if best is None or r1 > best[0]:
-                    best = (r1, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()})
+                key = (both_directions_trained(step, total, cfg), r1)  # as in training: no epoch before the first flip
+                if best is None or key > best[0]:
+                    best = (key, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()})
         if best is not None:
             self.network.load_state_dict(best[2])
         self.epoch = best[1] if best is not None else cfg.epochs

@@ -264,12 +264,17 @@ def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, tem
     keeps the estimate discriminative among the batch's targets.
     """
     loss = torch.nn.functional.mse_loss(pred, prediction_target(scheduler, x0, noise, t))
-    if weight > 0 and bool(keep.any()):
-        x0_hat = clean_estimate(scheduler, pred, x_t, t)[keep]
-        logits = torch.nn.functional.normalize(x0_hat, dim=-1) @ torch.nn.functional.normalize(x0, dim=-1).T / temperature
-        own = torch.arange(len(x0), device=x0.device)[keep]
-        loss = loss + weight * torch.nn.functional.cross_entropy(logits, own)
+    if weight > 0:
+        loss = loss + weight * info_nce(clean_estimate(scheduler, pred, x_t, t), x0, keep, temperature)
     return loss
+
+
+def info_nce(x0_hat: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over the kept rows i of -log softmax_j(cos(x0_hat_i, x0_j) / temperature)[i] (0 if none is kept)."""
+    if not bool(keep.any()):
+        return x0.new_zeros(())
+    logits = torch.nn.functional.normalize(x0_hat[keep], dim=-1) @ torch.nn.functional.normalize(x0, dim=-1).T / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(x0), device=x0.device)[keep])
 
 
 def clean_estimate(scheduler, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
