@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings  # noqa: E402
+from common import RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings, write_results  # noqa: E402
 from translator_speed import direction_linear_weights  # noqa: E402
 
 from diffgap_search.bridge import FORMATS, bridge, write_conditions  # noqa: E402
@@ -168,10 +168,7 @@ beside the fp32 `torch.mm` FLOP/s of the same device measured in the same run.
 
 {table}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(table)
-    print(f"wrote {args.out}")
+    write_results(args.out, text, table)
 
 
 if __name__ == "__main__":

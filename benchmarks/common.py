@@ -59,3 +59,11 @@ def matmul_flops(device: str, n: int, runs: int) -> tuple[float, float]:
 
     seconds = p50(timings(one, runs, warmup=2))
     return 2.0 * n**3 / seconds, seconds
+
+
+def write_results(out: Path, text: str, table: str) -> None:
+    """Write a results file (making its folder), print its table and where it went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(table)
+    print(f"wrote {out}")

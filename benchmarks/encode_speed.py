@@ -55,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))  # tiny_models: the offline LAION checkpoint and HF cache the tests use
-from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, write_results  # noqa: E402
 
 import diffgap_search.ingest as ingest  # noqa: E402
 from diffgap_search.audio_io import SAMPLE_RATE, clip_windows, decode_audio  # noqa: E402
@@ -396,10 +396,7 @@ What each row times (median of the timed runs, after an untimed warm-up):
 
 {table}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(table)
-    print(f"wrote {args.out}")
+    write_results(args.out, text, table)
 
 
 if __name__ == "__main__":

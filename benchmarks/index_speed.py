@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_block, markdown_table, p50, p99  # noqa: E402
+from common import RESULTS, machine_block, markdown_table, p50, p99, write_results  # noqa: E402
 
 from diffgap_search.index import EmbeddingIndex, recall_at_k  # noqa: E402
 from diffgap_search.storage import embeddings_table, read_embeddings, write_table_atomic  # noqa: E402
@@ -147,10 +147,7 @@ On a machine where FAISS sees a GPU, flat and IVF-PQ indexes are moved to it at 
 
 {table}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(table)
-    print(f"wrote {args.out}")
+    write_results(args.out, text, table)
 
 
 if __name__ == "__main__":

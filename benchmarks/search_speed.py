@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, write_results  # noqa: E402
 from translator_speed import direction_linear_weights, gflops, make_train_pairs  # noqa: E402
 
 from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
@@ -294,10 +294,7 @@ Indexes: {"; ".join(notes)}.
 
 {table}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(table)
-    print(f"wrote {args.out}")
+    write_results(args.out, text, table)
 
 
 if __name__ == "__main__":

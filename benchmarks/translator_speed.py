@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings  # noqa: E402
+from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings, write_results  # noqa: E402
 
 from diffgap_search.diffusion.network import Denoiser, NetworkConfig, count_parameters  # noqa: E402
 from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
@@ -235,10 +235,7 @@ emb {NetworkConfig.emb}, {NetworkConfig.blocks} blocks, {params:,} parameters), 
 
 {table}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(table)
-    print(f"wrote {args.out}")
+    write_results(args.out, text, table)
 
 
 if __name__ == "__main__":

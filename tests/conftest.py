@@ -22,6 +22,18 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def assert_one_error_line(result, *fragments: str, name: str = "") -> str:
+    """A CliRunner result of a user error: exit 2, one `error: ` line on stderr holding every fragment, no traceback."""
+    assert result.exit_code == 2, (name, result.exit_code, result.output, repr(result.exception))
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, (name, err)
+    for fragment in fragments:
+        assert fragment in err, (name, fragment, err)
+    assert "Traceback" not in result.output, name
+    assert result.exception is None or isinstance(result.exception, SystemExit), (name, repr(result.exception))
+    return err
+
+
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)

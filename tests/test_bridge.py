@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import shared_data, unit_rows
+from conftest import assert_one_error_line, shared_data, unit_rows
 from diffgap_search.cli import app
 from diffgap_search.diffusion.train import TrainConfig, load_recipe, train
 from diffgap_search.diffusion.translator import Translator
@@ -39,17 +39,6 @@ def invoke(*args):
 def ok(result):
     assert result.exit_code == 0, (result.output, result.stderr, repr(result.exception))
     return result
-
-
-def assert_one_error_line(result, *fragments: str, name: str = "") -> str:
-    assert result.exit_code == 2, (name, result.exit_code, result.output, repr(result.exception))
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, (name, err)
-    for fragment in fragments:
-        assert fragment in err, (name, fragment, err)
-    assert "Traceback" not in result.output, name
-    assert result.exception is None or isinstance(result.exception, SystemExit), (name, repr(result.exception))
-    return err
 
 
 def _train(root: Path, name: str, dim_a: int, dim_b: int, n: int, steps: int) -> Path:

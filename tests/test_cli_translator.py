@@ -22,7 +22,7 @@ from diffgap_search.pairs import write_pairs
 from diffgap_search.storage import read_embeddings, write_shard
 from diffgap_search.synthetic import GapConfig, make_pairs
 
-from conftest import unit_rows
+from conftest import assert_one_error_line, unit_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "training" / "tiny.json"
@@ -33,17 +33,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_error_line(result, *fragments: str, name: str = "") -> str:
-    assert result.exit_code == 2, (name, result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, (name, err)
-    for fragment in fragments:
-        assert fragment in err, (name, fragment, err)
-    assert "Traceback" not in result.output, name
-    assert result.exception is None or isinstance(result.exception, SystemExit), (name, repr(result.exception))
-    return err
 
 
 @pytest.fixture(scope="module")
