@@ -217,8 +217,9 @@ class DirectDenoiser:
     direction flips every `interval` steps (both directions unless `bidirectional` is
     False) as `diffusion.train.train`; only the diffusion is gone: the network always sees
     x_t = 0 at t = T - 1 and regresses the clean target from the condition with the
-    translator's loss (MSE in normalized space + `contrastive_weight` x InfoNCE). The epoch
-    of best validation R@1 (to-audio) among those after the first flip is kept, as in training.
+    translator's loss (MSE in normalized space + `contrastive_weight` x InfoNCE). Validated where
+    training validates (epoch ends, every `val_every` steps); the weights of best validation R@1
+    (to-audio) among those after the first flip are kept, as in training.
     `translate` has the signature of `Translator.translate`; sampling settings are ignored.
     """
 
@@ -250,6 +251,7 @@ class DirectDenoiser:
         n = len(train)
         per_epoch = -(-n // cfg.batch_size)
         total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
+        groups_a = torch.as_tensor(train.group)
         best, step = None, 0
         while step < total:
             epoch = step // per_epoch
@@ -263,7 +265,8 @@ class DirectDenoiser:
                 loss = torch.nn.functional.mse_loss(pred, x0)  # the training loss of the translator, at t = T-1
                 if cfg.contrastive_weight > 0:
                     keep = torch.ones(len(idx), dtype=torch.bool)
-                    loss = loss + cfg.contrastive_weight * info_nce(pred, x0, keep, cfg.contrastive_temperature)
+                    groups = groups_a[idx] if d == 0 else None  # as in training: captions of one clip share its audio
+                    loss = loss + cfg.contrastive_weight * info_nce(pred, x0, keep, cfg.contrastive_temperature, groups)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -273,17 +276,19 @@ class DirectDenoiser:
                 with torch.no_grad():
                     torch._foreach_lerp_(list(self.network.parameters()), list(net.parameters()), 1 - decay)
                 step += 1
-            if val is not None and cfg.keep_best:
-                gallery, target = val.gallery()
-                rows = np.arange(min(len(val), cfg.val_queries))
-                r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
-                key = (both_directions_trained(step, total, cfg), r1)  # as in training: no epoch before the first flip
-                if best is None or key > best[0]:
-                    best = (key, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()})
+                # validate where training does: every epoch's end and every val_every steps
+                if val is not None and cfg.keep_best and (step % per_epoch == 0 or step == total
+                                                          or (cfg.val_every and step % cfg.val_every == 0)):
+                    gallery, target = val.gallery()
+                    rows = np.arange(min(len(val), cfg.val_queries))
+                    r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
+                    key = (both_directions_trained(step, total, cfg), r1)  # as in training: none before the first flip
+                    if best is None or key > best[0]:
+                        best = (key, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()}, step)
         if best is not None:
             self.network.load_state_dict(best[2])
         self.epoch = best[1] if best is not None else cfg.epochs
-        self.steps = step
+        self.steps = best[3] if best is not None else step  # steps of the kept weights
         return self
 
     def dims(self, direction) -> tuple[int, int]:

@@ -429,6 +429,7 @@ def train_command(
     interval: Optional[int] = typer.Option(None, "--interval", min=1, help="m: the direction flips every m steps [5000]."),
     bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--no-bidirectional", help="Train both directions (BST), or only query->audio [bidirectional]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of clips held out for validation when the file has no val split [0.05]."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", min=0, help="Steps between validations (each a candidate for the kept translator), besides every epoch's end; 0 = epoch ends only [500]."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between training-state saves [1000]."),
     prediction_type: Optional[PredictionType] = typer.Option(None, "--prediction-type", help="What the network predicts [sample]."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in total."),
@@ -448,7 +449,7 @@ def train_command(
     settings = load_recipe(recipe) if recipe else {}
     config = TrainConfig.from_dict(settings, str(recipe) if recipe else "settings")
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, interval=interval, bidirectional=bidirectional,
-                     val_fraction=val_fraction, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
+                     val_fraction=val_fraction, val_every=val_every, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
                      contrastive_weight=contrastive_weight)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config.validate("options")
@@ -463,7 +464,7 @@ def train_command(
     chosen = training.get("epoch", {})
     summary = f"saved {out}: {translator.parameter_count:,} parameters, {run_steps(out)} steps"
     if "val_R@1" in chosen:
-        summary += (f"; kept epoch {chosen['epoch']} ({training.get('selected')}): validation translated R@1 "
+        summary += (f"; kept step {chosen['step']} of epoch {chosen['epoch']} ({training.get('selected')}): validation translated R@1 "
                     f"{chosen['val_R@1']:.3f} ({chosen['val_N']} queries, {chosen['val_gallery']}-way)")
     typer.echo(summary)
 

@@ -150,7 +150,7 @@ def _run(tmp: Path, out: Path, n: int, seed: int, progress: bool, log) -> dict:
     translator = train(pairs_file, tmp / "model", TrainConfig.from_dict(recipe, "demo recipe"), device="cpu",
                        progress=progress, log=lambda line: log("      " + line))
     kept = translator.config.training["epoch"]
-    log(f"      {translator.parameter_count:,} parameters; kept epoch {kept['epoch']}: validation translated R@1 "
+    log(f"      {translator.parameter_count:,} parameters; kept step {kept['step']}: validation translated R@1 "
         f"{kept['val_R@1']:.3f} ({kept['val_N']} queries, {kept['val_gallery']}-way)  ({lap('train'):.1f} s)")
 
     # 3. the index: every clip of the corpus, exact search

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -103,6 +104,19 @@ def test_resume_continues_the_run(work, tmp_path):
     assert Translator.load(model).config.training["steps"] == 40
 
 
+def test_val_every_validates_between_epoch_ends(work, tmp_path):
+    model = tmp_path / "model"
+    result = invoke("train", "--pairs", work["pairs"], "--out", model, "--recipe", TINY, "--max-steps", 14,
+                    "--epochs", 10, "--val-every", 4, "--interval", 5)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    rows = list(csv.DictReader((model / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [4, 6, 8, 12, 14]  # every 4 steps and every epoch's end (6 steps)
+    kept = Translator.load(model).config.training
+    eligible = [r for r in rows if r["both_directions_trained"] == "True"]
+    best = max(eligible, key=lambda r: (float(r["val_R@1"]), -float(r["val_loss_to-audio"])))
+    assert kept["steps"] == int(best["step"]) and f"kept step {best['step']} of epoch {best['epoch']}" in result.output
+
+
 def test_translate_to_parquet_and_npy(work, tmp_path):
     out = tmp_path / "translated.parquet"
     result = invoke("translate", "--model", work["model"], "--input", work["queries"], "--out", out, "--steps", 3)
@@ -174,6 +188,7 @@ UNCHECKED_VALUES = {
     "config.json hidden not an int": lambda w, t: ["translate", "--model", _config_patch(
         w["model"], t / "d", (w["model"] / "config.json").read_text().replace('"hidden": 64', '"hidden": "64"')), "--input", w["queries"], "--out", t / "x.npy"],
     "recipe epochs a string": lambda w, t: ["train", "--pairs", w["pairs"], "--out", t / "m", "--recipe", _write(t / "r.json", {"epochs": "3"})],
+    "recipe val_every negative": lambda w, t: ["train", "--pairs", w["pairs"], "--out", t / "m", "--recipe", _write(t / "r.json", {"val_every": -1})],
     "recipe unknown beta_schedule": lambda w, t: ["train", "--pairs", w["pairs"], "--out", t / "m", "--recipe", _write(t / "r.json", {"schedule": {"beta_schedule": "nope"}})],
 }
 

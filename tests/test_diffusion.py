@@ -185,20 +185,40 @@ def test_no_bidirectional_trains_only_to_audio(pairs_file, tmp_path):
         tr.translate(np.ones((1, 24), np.float32), "from-audio")
 
 
-def test_keep_best_only_keeps_epochs_where_both_directions_trained(pairs_file, tmp_path):
-    # 570 training pairs, batch 32: 18 steps per epoch; the first flip is at step 30, so epoch 1
-    # (steps 0-17) has an untrained from-audio direction and may not be kept once a later one exists
-    train(pairs_file, tmp_path / "m", tiny_config(epochs=4, interval=30), progress=False, log=lambda s: None)
+@pytest.mark.parametrize("val_every, steps", [(0, [18, 36, 54, 72]),
+                                              (10, [10, 18, 20, 30, 36, 40, 50, 54, 60, 70, 72])])
+def test_keep_best_only_keeps_steps_where_both_directions_trained(pairs_file, tmp_path, val_every, steps):
+    # 570 training pairs, batch 32: 18 steps per epoch; the first flip is at step 30, so a validation
+    # at step <= 30 has an untrained from-audio direction and may not be kept once a later one exists.
+    # Validations: every epoch's end, and every val_every steps.
+    train(pairs_file, tmp_path / "m", tiny_config(epochs=4, interval=30, val_every=val_every), progress=False,
+          log=lambda s: None)
     log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [18, 36, 54, 72]
-    assert [r["both_directions_trained"] for r in log] == [False, True, True, True]
+    assert [r["step"] for r in log] == steps
+    assert [r["both_directions_trained"] for r in log] == [s > 30 for s in steps]
+    assert [r["epoch"] for r in log] == [(s - 1) // 18 + 1 for s in steps]
     expected = max(log, key=lambda r: (r["both_directions_trained"], r["val_R@1"], -r["val_loss_to-audio"]))
     kept = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
-    assert kept["epoch"]["epoch"] == expected["epoch"] and kept["steps"] > 30
+    assert kept["epoch"]["step"] == kept["steps"] == expected["step"] and kept["steps"] > 30
     # a run that never reaches the first flip (warned about) keeps its best epoch among all
     assert both_directions_trained(18, 72, tiny_config(interval=1000))
     assert not both_directions_trained(18, 72, tiny_config(interval=30))
     assert both_directions_trained(18, 72, tiny_config(interval=30, bidirectional=False))
+
+
+@pytest.mark.parametrize("samples, guidance", [(1, 1.0), (4, 4.0)])
+def test_logged_validation_r1_is_the_kept_translator_at_the_validation_settings(pairs_file, tmp_path, samples, guidance):
+    from diffgap_search.metrics import recall_at, target_ranks
+    from diffgap_search.pairs import split_train_val
+
+    config = tiny_config(epochs=3, interval=10, val_samples=samples, val_guidance=guidance, val_queries=40)
+    translator = train(pairs_file, tmp_path / "m", config, progress=False, log=lambda s: None)
+    kept = translator.config.training["epoch"]
+    _, val = split_train_val(read_pairs(pairs_file), config.val_fraction, config.seed)
+    gallery, target = val.gallery()
+    x = translator.translate(val.b[:40], "to-audio", steps=config.val_steps, samples=samples, guidance=guidance,
+                             generator=torch.Generator().manual_seed(config.seed + 2))
+    assert kept["val_R@1"] == recall_at(target_ranks(x, gallery, target[:40]))["R@1"]
 
 
 @pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
@@ -230,6 +250,26 @@ def test_step_loss_is_mse_plus_infonce_on_the_clean_estimate(prediction_type):
     assert abs(float(got) - (float(mse) + 0.5 * ce)) < 1e-4
 
 
+def test_infonce_leaves_other_captions_of_the_same_clip_out_of_the_softmax():
+    from diffgap_search.diffusion.train import info_nce
+
+    g = torch.Generator().manual_seed(1)
+    x0_hat, x0 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    x0[3] = x0[1]  # rows 1 and 3: two captions of one clip drew its audio twice
+    groups = torch.tensor([0, 1, 2, 1, 3, 4])
+    keep = torch.tensor([True, True, True, True, False, True])
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    logits = unit(x0_hat.double().numpy()) @ unit(x0.double().numpy()).T / 0.2
+    rows = (0, 1, 2, 3, 5)
+    # by hand: row i's softmax runs over its own target and every target of another clip
+    ce = [np.log(np.exp(logits[i, [i] + [j for j in range(6) if groups[j] != groups[i]]]).sum()) - logits[i, i] for i in rows]
+    assert abs(float(info_nce(x0_hat, x0, keep, 0.2, groups)) - np.mean(ce)) < 1e-5
+    # without groups every other target is a negative
+    plain = [np.log(np.exp(logits[i]).sum()) - logits[i, i] for i in rows]
+    assert abs(float(info_nce(x0_hat, x0, keep, 0.2)) - np.mean(plain)) < 1e-5
+    assert np.mean(plain) > np.mean(ce) + 1e-3
+
+
 def test_seeded_training_reproduces(pairs_file, tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         train(pairs_file, tmp_path / name, tiny_config(max_steps=25, seed=seed), progress=False, log=lambda s: None)
@@ -257,14 +297,15 @@ def test_loss_falls_on_synthetic_pairs(tmp_path):
 
 def test_resume_continues_the_same_run(pairs_file, tmp_path):
     straight = tmp_path / "straight"
-    train(pairs_file, straight, tiny_config(max_steps=33, checkpoint_every=5), progress=False, log=lambda s: None)
+    kw = dict(checkpoint_every=5)
+    train(pairs_file, straight, tiny_config(max_steps=33, **kw), progress=False, log=lambda s: None)
     part = tmp_path / "part"
-    train(pairs_file, part, tiny_config(max_steps=12, checkpoint_every=5), progress=False, log=lambda s: None)
+    train(pairs_file, part, tiny_config(max_steps=12, **kw), progress=False, log=lambda s: None)
     with pytest.raises(DiffgapError, match="--resume"):
-        train(pairs_file, part, tiny_config(max_steps=33), progress=False, log=lambda s: None)
+        train(pairs_file, part, tiny_config(max_steps=33, **kw), progress=False, log=lambda s: None)
     with pytest.raises(DiffgapError, match="lr"):
-        train(pairs_file, part, tiny_config(max_steps=33, lr=1e-3), resume=True, progress=False, log=lambda s: None)
-    train(pairs_file, part, tiny_config(max_steps=33, checkpoint_every=5), resume=True, progress=False, log=lambda s: None)
+        train(pairs_file, part, tiny_config(max_steps=33, lr=1e-3, **kw), resume=True, progress=False, log=lambda s: None)
+    train(pairs_file, part, tiny_config(max_steps=33, **kw), resume=True, progress=False, log=lambda s: None)
     a, b = load_file(str(straight / "training_state.safetensors")), load_file(str(part / "training_state.safetensors"))
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]

@@ -19,9 +19,13 @@ state is saved in the training state, so `resume` continues bit-for-bit the run
 that was interrupted (on CPU).
 
 Output folder:
-    model.safetensors, config.json   the translator (updated every epoch and at the end)
+    model.safetensors, config.json   the translator (rewritten at every validation that beats the kept one)
     training_state.safetensors       weights, EMA, Adam moments, RNG state, step (for --resume)
-    log.jsonl, log.csv               one row per epoch: losses, validation R@1, time
+    log.jsonl, log.csv               one row per validation (every epoch's end and every `val_every`
+                                     steps): losses, validation R@1, time
+
+Keep-best: the saved translator is the validated step of best translated-query R@1 (S = val_steps,
+K = val_samples, w = val_guidance) among those after the first direction flip.
 """
 
 from __future__ import annotations
@@ -64,6 +68,13 @@ class TrainConfig:
     seed: int = 0
     val_queries: int = 1000  # validation R@1 is measured on at most this many queries
     val_steps: int = 5
+    # validation R@1 translates with K samples and guidance w, as retrieval does (K = 1, w = 1 ranks
+    # steps by a translation nobody uses: on xmodel it stays flat while K = 4, w = 4 improves)
+    val_samples: int = 4
+    val_guidance: float = 4.0
+    # steps between validations (each one a candidate for keep-best), besides every epoch's end;
+    # 0 = at epoch ends only. Retrieval can peak within an epoch on large pair sets.
+    val_every: int = 500
     max_steps: int | None = None  # stop after this many steps in total (for tests and quick runs)
     keep_best: bool = True  # the saved translator is the epoch with the best validation R@1 (not the last)
     # weight of the contrastive (InfoNCE) term on the clean-target estimate (0 = the paper's pure
@@ -125,6 +136,9 @@ class TrainConfig:
         number("seed", lo=0)
         number("val_queries", lo=1)
         number("val_steps", lo=1)
+        number("val_samples", lo=1)
+        number("val_guidance", real)
+        number("val_every", lo=0)
         number("max_steps", lo=1, optional=True)
         number("contrastive_weight", real, lo=0)
         number("contrastive_temperature", real, lo=0, lo_open=True)
@@ -146,7 +160,7 @@ def direction_at(step: int, interval: int, bidirectional: bool = True) -> int:
     return (step // interval) % 2 if bidirectional else 0
 
 
-KEPT = "best validation R@1 among epochs where both directions have trained"
+KEPT = "best validation R@1 among validations after both directions have trained"
 
 
 def both_directions_trained(steps_done: int, total: int, config: "TrainConfig") -> bool:
@@ -193,6 +207,11 @@ class _Run:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.scheduler = training_scheduler(config.schedule)
         self.step = 0
+        self.groups: dict[int, torch.Tensor] = {}  # direction -> the clip of each training target (`set_groups`)
+
+    def set_groups(self, group: np.ndarray) -> None:
+        """Which training targets are one clip: audio targets (to-audio) by the pairs' group, query targets by row."""
+        self.groups = {0: torch.as_tensor(group, device=self.device), 1: torch.arange(len(group), device=self.device)}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -230,7 +249,8 @@ class _Run:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def train_step(self, x0: torch.Tensor, cond: torch.Tensor, direction: int) -> float:
+    def train_step(self, x0: torch.Tensor, cond: torch.Tensor, direction: int, rows: torch.Tensor | None = None) -> float:
+        """One optimizer step on a batch; `rows` = its rows in the training pairs (InfoNCE: same-clip targets)."""
         cfg, g, m = self.config, self.generator, len(x0)
         t = torch.randint(0, cfg.schedule.train_timesteps, (m,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
@@ -238,7 +258,9 @@ class _Run:
         t, noise, keep = t.to(self.device), noise.to(self.device), keep.to(self.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         pred = self.model(x_t, t, cond, direction, keep=keep)
-        loss = step_loss(self.scheduler, pred, x0, x_t, noise, t, keep, cfg.contrastive_weight, cfg.contrastive_temperature)
+        groups = self.groups[direction][rows] if rows is not None and direction in self.groups else None
+        loss = step_loss(self.scheduler, pred, x0, x_t, noise, t, keep, cfg.contrastive_weight, cfg.contrastive_temperature,
+                         groups)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -252,7 +274,8 @@ class _Run:
         return float(loss.detach())
 
 
-def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, temperature: float = 0.1) -> torch.Tensor:
+def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, temperature: float = 0.1,
+              groups: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of one batch: MSE to the prediction target, plus `weight` x InfoNCE.
 
     The contrastive term scores the network's estimate of the clean target x0_hat (the output
@@ -261,20 +284,30 @@ def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, tem
     their condition (a dropped condition cannot tell its target apart). Why: the MSE optimum is
     the conditional mean E[x0 | condition], which on clustered data shrinks towards cluster
     centres and retrieves worse as it fits better (translator_epochs.md); the contrastive term
-    keeps the estimate discriminative among the batch's targets.
+    keeps the estimate discriminative among the batch's targets. `groups`: see `info_nce`.
     """
     loss = torch.nn.functional.mse_loss(pred, prediction_target(scheduler, x0, noise, t))
     if weight > 0:
-        loss = loss + weight * info_nce(clean_estimate(scheduler, pred, x_t, t), x0, keep, temperature)
+        loss = loss + weight * info_nce(clean_estimate(scheduler, pred, x_t, t), x0, keep, temperature, groups)
     return loss
 
 
-def info_nce(x0_hat: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over the kept rows i of -log softmax_j(cos(x0_hat_i, x0_j) / temperature)[i] (0 if none is kept)."""
+def info_nce(x0_hat: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor, temperature: float,
+             groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the kept rows i of -log softmax_j(cos(x0_hat_i, x0_j) / temperature)[i] (0 if none is kept).
+
+    With `groups` (one per row), a target j != i of row i's own group is the same clip (another
+    caption of it drew the same audio into the batch), not a negative: it is left out of row i's softmax.
+    """
     if not bool(keep.any()):
         return x0.new_zeros(())
     logits = torch.nn.functional.normalize(x0_hat[keep], dim=-1) @ torch.nn.functional.normalize(x0, dim=-1).T / temperature
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(x0), device=x0.device)[keep])
+    own = torch.arange(len(x0), device=x0.device)[keep]
+    if groups is not None:
+        same = groups[None, :] == groups[keep][:, None]
+        same[torch.arange(len(own), device=x0.device), own] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, own)
 
 
 def clean_estimate(scheduler, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -333,7 +366,8 @@ def validate(run: _Run, val: Pairs, train: Pairs) -> dict:
     translator = Translator(translator_config(run, train, {}), run.ema, run.norm_a, run.norm_b, str(run.device))
     rows = np.arange(min(len(val), cfg.val_queries))
     gallery, target = val.gallery()
-    translated = translator.translate(val.b[rows], "to-audio", steps=cfg.val_steps, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    translated = translator.translate(val.b[rows], "to-audio", steps=cfg.val_steps, samples=cfg.val_samples,
+                                      guidance=cfg.val_guidance, generator=torch.Generator().manual_seed(cfg.seed + 2))
     out["val_R@1"] = recall_at(target_ranks(translated, gallery, target[rows]))["R@1"]
     out["val_N"] = int(len(rows))
     out["val_gallery"] = int(len(gallery))
@@ -415,6 +449,7 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
         elapsed0 = float(meta.get("elapsed_s", 0.0))
         best = meta.get("best")
         a, b = run.norm_a(torch.from_numpy(np.array(train_pairs.a)).to(torch_device)), run.norm_b(torch.from_numpy(np.array(train_pairs.b)).to(torch_device))
+    run.set_groups(train_pairs.group)
 
     params = count_parameters(run.model)
     log(f"denoiser: {params:,} parameters ({params * 4 / 1e6:.1f} MB fp32); {n} training pairs, "
@@ -428,7 +463,7 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
         return {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best": best}
 
     t_start = time.perf_counter()
-    epoch_losses: list[float] = []
+    losses: list[float] = []
     order, order_epoch = None, -1
     bar = tqdm(total=total, initial=run.step, unit="step", desc="train", disable=not progress, smoothing=0.05)
     try:
@@ -441,27 +476,28 @@ def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_ste
             d = direction_at(run.step, config.interval, config.bidirectional)
             x0, cond = (a[idx], b[idx]) if d == 0 else (b[idx], a[idx])
             step = run.step
-            loss = run.train_step(x0, cond, d)
+            loss = run.train_step(x0, cond, d, idx)
             if not math.isfinite(loss):
                 raise DiffgapError(f"the loss became {loss} at step {step}; lower --lr or check the pairs")
-            epoch_losses.append(loss)
+            losses.append(loss)
             if on_step is not None:
                 on_step(step, d, loss)
             bar.update(1)
             if run.step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(epoch_losses[-50:]):.4f}", dir=DIRECTIONS[d])
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", dir=DIRECTIONS[d])
             end_of_epoch = run.step % steps_per_epoch == 0 or run.step == total
-            if end_of_epoch:
-                row = {"epoch": epoch + 1, "step": run.step, "train_loss": float(np.mean(epoch_losses))}
+            if end_of_epoch or (config.val_every and run.step % config.val_every == 0):
+                row = {"epoch": epoch + 1, "step": run.step, "train_loss": float(np.mean(losses))}
                 if val_pairs is not None:
                     row.update(validate(run, val_pairs, train_pairs))
                 row["both_directions_trained"] = both_directions_trained(run.step, total, config)
                 row["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_start, 2)
                 _append_log(out, row)
-                epoch_losses = []
-                # keep the epoch that validates best (translated R@1, then loss): small pair sets overfit.
-                # With BST, an epoch before the first flip has an untrained from-audio direction (the
-                # reranker): such epochs are kept only until one where both directions trained.
+                losses = []
+                # keep the step that validates best (translated R@1, then loss): small pair sets overfit,
+                # and on large ones retrieval peaks early (translator_steps.md). With BST, a step before
+                # the first flip has an untrained from-audio direction (the reranker): such steps are
+                # kept only until one where both directions trained.
                 score = [int(row["both_directions_trained"]), row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
                 if not config.keep_best or score is None or best is None or score > best["score"]:
                     best = {"score": score, "epoch": row["epoch"], "step": run.step}
