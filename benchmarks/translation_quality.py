@@ -39,6 +39,7 @@ from diffgap_search.benchmark import pairs_from_arrays  # noqa: E402
 from diffgap_search.diffusion.train import TrainConfig, load_recipe, train  # noqa: E402
 from diffgap_search.metrics import recall_at, target_ranks  # noqa: E402
 from diffgap_search.pairs import Pairs, read_pairs, split_train_val  # noqa: E402
+from diffgap_search.storage import write_file_atomic  # noqa: E402
 from diffgap_search.synthetic import GapConfig, make_pairs, split_of  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -150,8 +151,9 @@ def section(name: str, rec: dict) -> str:
     n0 = fold_notes[0]
     header = (f"### {name}\n\n{n0['train_pairs']} training pairs, {n0['test_queries']} test queries "
               f"against {n0['gallery']} clips" + (f", mean of {len(fold_notes)} folds" if len(fold_notes) > 1 else "")
-              + f". Translator: {n0['parameters']:,} parameters, {n0['steps']} steps at the kept epoch "
-              f"(of {n0['epochs']} epochs), trained in {n0['train_s']} s per fold; K, w chosen on validation: "
+              + f". Translator: {n0['parameters']:,} parameters, kept at step "
+              + ", ".join(str(f["steps"]) for f in fold_notes)
+              + f" (of {n0['epochs']} epochs), trained in {n0['train_s']} s (first fold); K, w chosen on validation: "
               + ", ".join(f"{f['chosen']['samples']}/{f['chosen']['guidance']:g}" for f in fold_notes) + ".\n\n"
               f"`python benchmarks/translation_quality.py {rec.get('command', '')}`; {rec.get('training', '')}.\n")
     fmt = [{k: (f"{v:.3f}" if isinstance(v, float) and k != "median rank" else v) for k, v in r.items()} for r in table_rows]
@@ -179,7 +181,6 @@ def main() -> None:
     if args.interval:
         base = replace(base, interval=args.interval)
     store = args.out.with_suffix(".json")
-    record = json.loads(store.read_text()) if store.exists() else {}  # datasets may be run in several invocations
     workdir = Path(tempfile.mkdtemp(prefix="translation_quality-"))
     try:
         for name in filter(None, args.datasets.split(",")):
@@ -197,13 +198,17 @@ def main() -> None:
                 fold_rows.append(rows)
                 fold_notes.append(notes)
             table_rows = fold_rows[0] if len(fold_rows) == 1 else average(fold_rows)
+            # datasets may be run in several invocations, at once too: read the store again just before writing
+            record = json.loads(store.read_text()) if store.exists() else {}
             record[name] = {"rows": table_rows, "folds": fold_notes, "per_fold": fold_rows,
                             "command": " ".join(sys.argv[1:]), "machine": machine_block({"datasets": name}),
                             "training": settings_line(base, args.min_steps, caps)}
             store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps(record, indent=1, default=str))
+            text = json.dumps(record, indent=1, default=str)
+            write_file_atomic(store, lambda fh: fh.write(text), "w")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    record = json.loads(store.read_text()) if store.exists() else {}
 
     sections = [section(name, record[name]) for name in DATASETS if name in record]
     text = f"""# Translation quality: query -> audio retrieval after translation
@@ -216,6 +221,9 @@ Text/video -> audio retrieval over an exact inner-product search; R@k = share of
 clip ranks < k (ties counted against the query); mAP@10 = mean 1/(rank+1) over ranks < 10; N =
 number of queries. Seed {SEED}. K (samples) in {SAMPLES} and w (guidance) in {GUIDANCE} are chosen on
 the validation split at S = 5 by R@1; the plain K = 1, w = 1 translation is shown beside it.
+Training keeps the validated step (every epoch's end and every `val_every` steps) of best
+validation R@1 among those after the first direction flip (`diffusion/train.py`); the
+validation split is 10% of the training pairs (the synthetic files' own val split).
 
 {chr(10).join(sections)}
 """
