@@ -66,7 +66,6 @@ def main() -> None:
             print(ridge_rows[-1], flush=True)
             # as training validates: the first 1,000 validation queries against every validation clip
             vq = np.arange(min(len(val), 1000))
-            val_gallery, val_target = vg, vt
             for m in intervals:
                 out = work / f"{name}-{m}"
                 t0 = time.perf_counter()
@@ -77,7 +76,7 @@ def main() -> None:
                            "to-audio steps": sum(direction_at(s, m) == 0 for s in range(steps))}
                     for k, w in VAL_SETTINGS:  # what keep-best could rank steps by: the training log's validation
                         x = translator.translate(val.b[vq], steps=5, samples=k, guidance=w, generator=torch.Generator().manual_seed(0))
-                        row[f"val K{k} w{w:g}"] = f"{recall_at(target_ranks(x, val_gallery, val_target[vq]))['R@1']:.3f}"
+                        row[f"val K{k} w{w:g}"] = f"{recall_at(target_ranks(x, vg, vt[vq]))['R@1']:.3f}"
                     for s, k, w in SETTINGS:
                         x = translator.translate(test.b, steps=s, samples=k, guidance=w, generator=torch.Generator().manual_seed(0))
                         row[f"test S{s} K{k} w{w:g}"] = f"{evaluate(x, test)['R@1']:.3f}"

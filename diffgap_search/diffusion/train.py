@@ -76,7 +76,7 @@ class TrainConfig:
     # 0 = at epoch ends only. Retrieval can peak within an epoch on large pair sets.
     val_every: int = 500
     max_steps: int | None = None  # stop after this many steps in total (for tests and quick runs)
-    keep_best: bool = True  # the saved translator is the epoch with the best validation R@1 (not the last)
+    keep_best: bool = True  # the saved translator is the validated step with the best validation R@1 (not the last)
     # weight of the contrastive (InfoNCE) term on the clean-target estimate (0 = the paper's pure
     # denoising loss); see `step_loss` and benchmarks/results/translator_contrastive.md
     contrastive_weight: float = 0.3
