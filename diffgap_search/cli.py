@@ -822,7 +822,7 @@ def benchmark_command(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A trained translator folder to evaluate instead of training one."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of raw,mean-shift,ridge,mlp,infonce,diffgap,rerank,fusion [every one the data allow]."),
     ablate: Optional[str] = typer.Option(None, "--ablate", help="Comma-separated: steps (S 50/20/5), interval (m 1000/5000/10000), components (CDM and BST on/off)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Training settings (JSON), e.g. training/audiocaps.json [30 epochs, interval 1000, val 10%]."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Training settings (JSON), e.g. training/audiocaps.json [30 epochs, interval 100, val 10%]."),
     kfold: Optional[int] = typer.Option(None, "--kfold", min=2, help="Split --pairs by clip into K folds: train on K-1, test on one, report the mean."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of training, folds, sampling noise and validation subsets."),
     steps: int = typer.Option(20, "--steps", min=1, help="S: DDIM steps of the DiffGAP translation."),
