@@ -1,17 +1,22 @@
-"""Calibration: choose the fusion weights, N and S on a validation pairs file.
+"""Calibration: choose the fusion weights, N and S of each direction on validation pairs, through the Engine.
 
-Every `b` of the pairs file is a query whose answer is its clip's `a`; the gallery is
-the file's unique clips, searched exactly. For each S of the grid the queries are
-translated once; for each N the candidates are the translated top-N, united with the
-raw top-N when `a` and `b` share a space; the three signals (raw cosine, translated
-cosine, diffusion score) are computed once over the union of every candidate set, and
-every weight vector of the grid (zero included) is scored by R@1, ties broken by
-mAP@10, then by cost (no diffusion, fewer steps, fewer candidates).
+The pairs' gallery goes into an exact in-memory `Index` and is searched by the very
+chain `query` runs (`Engine.translate`, `Engine.candidates`, `Engine.score`,
+`signals.combine`):
 
-The grid holds, for every (S, N), the weight vectors (1, 0, 0) = raw cosine alone
-(when the spaces are one) and (0, 1, 0) = translation alone. With N >= 10 those rank
-the top 10 exactly as plain cosine search does, so the chosen settings are never
-below raw search nor below translation alone on the data they were calibrated on.
+    to-audio    every `b` (caption, video) is a query; its answer is its clip's `a`
+    from-audio  every clip's `a` is a query; its answers are the clip's `b` rows (best one counts)
+
+For each S of the grid the queries are translated once; for each N the candidate set is
+exactly what the engine takes (translated top-N, united with raw top-N when `a` and `b`
+share a space); every signal is computed once over the union of all candidate sets, and
+every weight vector of the grid (zero included) is scored by R@1, ties broken by mAP@10,
+then by cost (no diffusion, fewer steps, fewer candidates).
+
+The grid holds, for every (S, N), raw cosine alone (when the spaces are one) and
+translation alone. With N >= 10 those rank the top 10 exactly as plain search does, so
+the chosen settings are never below raw search nor below translation alone on the data
+they were calibrated on. The result is stored beside the translator in calibration.json.
 """
 
 from __future__ import annotations
@@ -22,15 +27,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
+from tqdm.auto import tqdm
 
 from diffgap_search.errors import DiffgapError
 from diffgap_search.metrics import recall_at
 from diffgap_search.pairs import Pairs
-from diffgap_search.rerank import SIGNALS, FusionConfig, diffusion_scores, standardize
-from diffgap_search.search import unite
+from diffgap_search.signals import SIGNALS, FusionConfig, combine, standardize
+from diffgap_search.types import Direction
 
-QUERY_CHUNK = 256  # queries per diffusion-scoring call (bounds the [chunk, U, d] candidate tensor)
+CALIBRATION = "calibration.json"
+QUERY_CHUNK = 256  # queries per signal-scoring call (bounds the [chunk, U, d] candidate tensor; progress granularity)
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,14 @@ class CalibrationGrid:
 
 @dataclass
 class Calibration:
+    direction: Direction
     config: FusionConfig  # the chosen settings
-    scores: dict[str, dict]  # raw / translated / diffusion alone and fused, at the chosen N and S
+    scores: dict[str, dict]  # each signal alone and fused, at the chosen N and S
     queries: int
     gallery: int
     source: str
 
     def to_section(self) -> dict:
-        """The "fusion" section of the translator's config.json."""
         return {"settings": self.config.to_dict(),
                 "validation": {"source": self.source, "queries": self.queries, "gallery": self.gallery, "scores": self.scores}}
 
@@ -62,9 +68,8 @@ def shares_space(pairs: Pairs) -> bool:
 def weight_vectors(values: tuple[float, ...], with_raw: bool, with_diffusion: bool = True) -> list[dict[str, float]]:
     """Every combination of weights, zero included, but not all zero; scaled copies of one direction dropped."""
     seen, out = set(), []
-    for combo in itertools.product(values, values if with_raw else (0.0,), values if with_diffusion else (0.0,)):
-        translated, raw, diffusion = combo
-        top = max(combo)
+    for translated, raw, diffusion in itertools.product(values, values if with_raw else (0.0,), values if with_diffusion else (0.0,)):
+        top = max(translated, raw, diffusion)
         if top <= 0:
             continue
         key = tuple(round(v / top, 6) for v in (raw, translated, diffusion))
@@ -74,105 +79,116 @@ def weight_vectors(values: tuple[float, ...], with_raw: bool, with_diffusion: bo
     return out
 
 
-def top_positions(scores: np.ndarray, n: int) -> np.ndarray:
-    """Exact top-n gallery rows of each query, best first: [Q, G] -> [Q, n]."""
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+def fused_ranks(fused: np.ndarray, mask: np.ndarray, correct: np.ndarray, gallery: int) -> np.ndarray:
+    """Rank of each query's best correct candidate under `fused` [Q, U]: how many other (not correct)
+    candidates score at least as high (ties against the query); no correct candidate ranks `gallery`."""
+    hit = correct & mask
+    best = np.where(hit, fused, -np.inf).max(axis=1)
+    rank = (mask & ~correct & (fused >= best[:, None])).sum(axis=1)
+    return np.where(hit.any(axis=1), rank, gallery)
 
 
-def list_rank(pool: np.ndarray, ordered: np.ndarray, gallery: int) -> np.ndarray:
-    """Rank of each pooled row in a query's ordered top list, `gallery` when absent: [Q, U]."""
-    rank = np.full((len(pool), gallery + 1), gallery, dtype=np.int64)  # column `gallery` absorbs the -1 padding
-    np.put_along_axis(rank, ordered, np.arange(ordered.shape[1])[None].repeat(len(pool), 0), axis=1)
-    return np.take_along_axis(rank, np.where(pool >= 0, pool, gallery), axis=1)
-
-
-def fused_ranks(z: dict[str, np.ndarray], weights: dict[str, float], mask: np.ndarray, target_col: np.ndarray, gallery: int) -> np.ndarray:
-    """Rank of each query's target under the fused score; ties count against it, a target
-    outside the candidates ranks `gallery` (a miss for R@k and mAP@10)."""
-    fused = sum(w * z[name] for name, w in weights.items() if w and name in z)
-    rows = np.arange(len(mask))
-    present = (target_col >= 0) & mask[rows, np.maximum(target_col, 0)]
-    own = fused[rows, np.maximum(target_col, 0)]
-    rank = (mask & (fused >= own[:, None])).sum(axis=1) - 1
-    return np.where(present, rank, gallery)
+def member(pool: np.ndarray, chosen: np.ndarray, size: int) -> np.ndarray:
+    """Row-wise: is pool[q, j] among chosen[q]? ([Q, U], [Q, n], positions < size; -1 = none) -> bool [Q, U]."""
+    table = np.zeros((len(pool), size + 1), dtype=bool)
+    np.put_along_axis(table, np.where(chosen >= 0, chosen, size), True, axis=1)
+    table[:, size] = False
+    return np.take_along_axis(table, np.where(pool >= 0, pool, size), axis=1)
 
 
 def _score_key(metrics: dict, weights: dict, steps: int, n: int) -> tuple:
     return (metrics["R@1"], metrics["mAP@10"], -(weights["diffusion"] > 0), -steps, -n)
 
 
-def calibrate(translator, pairs: Pairs, base: FusionConfig = FusionConfig(), grid: CalibrationGrid = CalibrationGrid(),
-              *, log=lambda s: None) -> Calibration:
-    """Search the grid on `pairs` (b queries, a gallery) and return the best settings with their scores."""
-    _check_pairs(translator, pairs)
-    gallery, target = pairs.gallery()  # [G, d_a], [Q]
-    queries, g = pairs.b, len(gallery)
-    raw = shares_space(pairs)
-    n_values = sorted({min(max(n, 10), g) for n in grid.candidates})
-    n_max = n_values[-1]
+def calibration_task(translator, pairs: Pairs, direction: Direction):
+    """(engine over an exact in-memory gallery, the queries, the route, query groups, gallery groups)."""
+    from diffgap_search.engine import Engine, Route
+    from diffgap_search.index import Index
+    from diffgap_search.queries import Queries
 
-    # 1. exact scores of every query against the gallery, raw and translated for each S
-    cosines = {("raw", 0): queries @ gallery.T} if raw else {}
-    for s in grid.steps:
-        translated = translator.translate(queries, "to-audio", steps=s, samples=base.samples, guidance=base.guidance,
-                                          generator=torch.Generator().manual_seed(base.seed))
-        cosines[("translated", s)] = translated @ gallery.T
-    # 2. the pool: every candidate any (S, N) could hold, and each pooled row's rank in each top list
-    tops = {key: top_positions(c, n_max) for key, c in cosines.items()}
-    pool = unite(*tops.values())  # [Q, U]
-    valid = pool >= 0
-    ranks = {key: list_rank(pool, top, g) for key, top in tops.items()}
-    pooled = {key: np.take_along_axis(c, np.maximum(pool, 0), axis=1) for key, c in cosines.items()}
-    target_col = _column_of(pool, target)
-    # 3. the diffusion score of every pooled candidate, once
+    gallery, _ = pairs.gallery()  # [G, d_a] one vector per clip
+    clips = np.arange(len(gallery))
+    if direction is Direction.TO_AUDIO:
+        items, item_group, queries, query_group = gallery, clips, pairs.b, pairs.group
+    else:
+        items, item_group, queries, query_group = pairs.b, pairs.group, gallery, clips
+    index = Index.build(items, None, index_type="flat", device="cpu")
+    engine = Engine(index, translator, configs={})
+    return engine, Queries(queries), Route(direction, shares_space(pairs)), query_group, item_group
+
+
+def calibrate(translator, pairs: Pairs, base: FusionConfig | None = None, grid: CalibrationGrid = CalibrationGrid(),
+              *, direction: Direction | str = Direction.TO_AUDIO, progress: bool = False, log=lambda s: None) -> Calibration:
+    """Search the grid on `pairs` for one direction and return the best settings with their scores."""
+    from diffgap_search.engine import unite
+    from diffgap_search.queries import Queries
+
+    direction = Direction.of(direction)
+    _check_pairs(translator, pairs, direction)
+    base = base or default_configs(translator, stored=False)[direction]
+    engine, queries, route, query_group, item_group = calibration_task(translator, pairs, direction)
+    g = len(engine.index)
+    n_values = sorted({min(max(n, 10), g) for n in grid.candidates})
     rerank = translator.config.bidirectional  # a one-way translator has no reverse direction to rerank with
-    if rerank:
-        log(f"diffusion scores of {int(valid.sum())} candidates ({len(queries)} queries) ...")
-    diffusion = _diffusion_over_pool(translator, queries, gallery, pool, base) if rerank else np.zeros(pool.shape)
-    # 4. every (S, N, weights): z-scores per (S, N) once, then the weighted sums
+    q = len(queries)
+    bar = tqdm(total=len(grid.steps) + q, desc=f"calibrate {direction.value}", unit="query", disable=not progress)
+
+    # 1. translations per S and the engine's candidate set per (S, N); the pool is their union
+    translated, sets = {}, {}
+    for s in grid.steps:
+        translated[s] = engine.translate(queries, route, replace(base, steps=s))
+        for n in n_values:
+            sets[s, n] = engine.candidates(queries, translated[s], route, n)
+        bar.update(1)
+    pool = unite(*(sets[s, n_values[-1]] for s in grid.steps))  # [Q, U]
+    valid = pool >= 0
+    correct = valid & (item_group[np.maximum(pool, 0)] == query_group[:, None])
+
+    # 2. every signal over the pool, once (the translated cosine once per S)
+    log(f"signals of {int(valid.sum()):,} candidates ({q:,} queries, {g:,}-way) ...")
+    once = [n for n in SIGNALS if n != "translated" and (n != "diffusion" or rerank)]
+    signals = {name: np.empty(pool.shape, np.float32) for name in once}
+    cosine = {s: np.empty(pool.shape, np.float32) for s in grid.steps}
+    for lo in range(0, q, QUERY_CHUNK):
+        rows = slice(lo, lo + QUERY_CHUNK)
+        chunk = Queries(queries.vectors[rows])
+        for name, values in engine.score(chunk, translated[grid.steps[0]][rows], pool[rows], route, base, once).items():
+            signals[name][rows] = values
+        for s in grid.steps:
+            cosine[s][rows] = engine.score(chunk, translated[s][rows], pool[rows], route, base, ["translated"])["translated"]
+        bar.update(len(chunk))
+    bar.close()
+
+    # 3. every (S, N, weights): z-scores per (S, N) once, then the weighted sums
     best = None
     for s, n in itertools.product(grid.steps, n_values):
-        mask = valid & (ranks[("translated", s)] < n)
-        if raw:
-            mask |= valid & (ranks[("raw", 0)] < n)
-        z = {"translated": standardize(pooled[("translated", s)], mask)}
-        if rerank:
-            z["diffusion"] = standardize(diffusion, mask)
-        if raw:
-            z["raw"] = standardize(pooled[("raw", 0)], mask)
-        for weights in weight_vectors(grid.weights, raw, rerank):
-            metrics = recall_at(fused_ranks(z, weights, mask, target_col, g))
+        mask = member(pool, sets[s, n], g)
+        z = {name: standardize(v, mask) for name, v in {**signals, "translated": cosine[s]}.items()}
+        for weights in weight_vectors(grid.weights, route.raw and "raw" in z, "diffusion" in z):
+            metrics = recall_at(fused_ranks(combine(z, weights, mask), mask, correct, g))
             key = _score_key(metrics, weights, s, n)
             if best is None or key > best[0]:
                 best = (key, s, n, weights, z, mask)
     _, s, n, weights, z, mask = best
-    scores = {name: _metrics(recall_at(fused_ranks(z, {name: 1.0}, mask, target_col, g))) for name in SIGNALS if name in z}
-    scores["fused"] = _metrics(recall_at(fused_ranks(z, weights, mask, target_col, g)))
-    config = replace(base, candidates=n, steps=s, **weights)
-    return Calibration(config, scores, len(queries), g, pairs.source)
+    scores = {name: _metrics(recall_at(fused_ranks(combine(z, {name: 1.0}, mask), mask, correct, g))) for name in SIGNALS if name in z}
+    scores["fused"] = _metrics(recall_at(fused_ranks(combine(z, weights, mask), mask, correct, g)))
+    config = replace(base, candidates=n, steps=s).with_weights(**weights)
+    return Calibration(direction, config, scores, q, g, pairs.source)
+
+
+def calibrate_directions(translator, pairs: Pairs, base: dict | None = None, grid: CalibrationGrid = CalibrationGrid(),
+                         *, progress: bool = False, log=lambda s: None) -> dict[Direction, Calibration]:
+    """Both directions (from-audio only when the translator has it)."""
+    directions = [Direction.TO_AUDIO] + ([Direction.FROM_AUDIO] if translator.config.bidirectional else [])
+    return {d: calibrate(translator, pairs, (base or {}).get(d), grid, direction=d, progress=progress, log=log)
+            for d in directions}
 
 
 def _metrics(m: dict) -> dict:
     return {k: m[k] for k in ("R@1", "R@5", "R@10", "mAP@10", "N")}
 
 
-def _column_of(pool: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Column of each query's target in its pool row, -1 when absent: [Q]."""
-    hit = pool == target[:, None]
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-
-
-def _diffusion_over_pool(translator, queries, gallery, pool, config: FusionConfig) -> np.ndarray:
-    out = np.empty(pool.shape, dtype=np.float32)
-    for lo in range(0, len(queries), QUERY_CHUNK):
-        rows = slice(lo, lo + QUERY_CHUNK)
-        out[rows] = diffusion_scores(translator, queries[rows], gallery[np.maximum(pool[rows], 0)], config, "from-audio")
-    return out
-
-
-def _check_pairs(translator, pairs: Pairs) -> None:
+def _check_pairs(translator, pairs: Pairs, direction: Direction) -> None:
     a, b = translator.config.space_a, translator.config.space_b
     if (pairs.dim_a, pairs.dim_b) != (a.dim, b.dim):
         raise DiffgapError(f"{pairs.source}: pairs have dims a={pairs.dim_a}, b={pairs.dim_b}, the translator expects "
@@ -183,15 +199,72 @@ def _check_pairs(translator, pairs: Pairs) -> None:
                                "calibrate on pairs of the spaces it was trained on")
     if int(pairs.group.max()) + 1 < 2:
         raise DiffgapError(f"{pairs.source}: all pairs belong to one clip; calibration needs a gallery of several clips")
+    if direction is Direction.FROM_AUDIO and not translator.config.bidirectional:
+        raise DiffgapError("this translator has no from-audio direction (trained with --no-bidirectional)")
 
 
-def write_calibration(model: str | Path, calibration: Calibration) -> Path:
-    """Store the calibration as the "fusion" section of `model`/config.json, atomically; every other key is kept."""
-    from diffgap_search.diffusion.translator import CONFIG, TranslatorConfig
+# ---------------------------------------------------------------------------
+# storage: calibration.json beside the translator
+# ---------------------------------------------------------------------------
+
+
+def write_calibration(model: str | Path, calibrations: dict[Direction, Calibration] | Calibration) -> Path:
+    """Write `model`/calibration.json atomically ({direction: {settings, validation}}); other directions are kept."""
     from diffgap_search.storage import write_json_atomic
 
-    path = Path(model) / CONFIG
-    raw = json.loads(path.read_text())
-    raw["fusion"] = calibration.to_section()
-    TranslatorConfig.from_dict(raw, str(path))  # what we write must load
-    return write_json_atomic(raw, path)
+    if isinstance(calibrations, Calibration):
+        calibrations = {calibrations.direction: calibrations}
+    path = Path(model) / CALIBRATION
+    sections = _read_sections(path) if path.exists() else {}
+    sections.update({d.value: c.to_section() for d, c in calibrations.items()})
+    return write_json_atomic({"format": "diffgap-calibration", "format_version": 1, **sections}, path)
+
+
+def _read_sections(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffgapError(f"{path}: unreadable calibration ({exc}); run `diffgap-search calibrate` again") from None
+    if not isinstance(raw, dict):
+        raise DiffgapError(f"{path}: not a calibration file; run `diffgap-search calibrate` again")
+    return {k: v for k, v in raw.items() if k in {d.value for d in Direction}}
+
+
+def load_calibration(model: str | Path) -> dict[Direction, FusionConfig]:
+    """The settings stored in `model`/calibration.json, per direction ({} when not calibrated).
+
+    A translator calibrated by the first wave kept its to-audio settings in config.json's
+    "fusion" section; those are read too.
+    """
+    path = Path(model) / CALIBRATION
+    sections = _read_sections(path) if path.exists() else {}
+    if not sections:
+        legacy = _legacy_fusion(Path(model))
+        sections = {Direction.TO_AUDIO.value: legacy} if legacy else {}
+    out = {}
+    for name, section in sections.items():
+        try:
+            out[Direction.of(name)] = FusionConfig.from_dict(section["settings"], f"{path} {name}.settings")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DiffgapError(f"{path}: {exc}; run `diffgap-search calibrate` again") from None
+    return out
+
+
+def _legacy_fusion(model: Path) -> dict | None:
+    try:
+        return json.loads((model / "config.json").read_text()).get("fusion")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def default_configs(translator, *, stored: bool = True) -> dict[Direction, FusionConfig]:
+    """Each direction's settings: the calibration stored beside the translator (when `stored`), else the
+    defaults with the sampling (S, K, w) the translator's validation chose at train time."""
+    if translator is None:
+        return {}
+    path = getattr(translator, "path", None)
+    calibrated = load_calibration(path) if stored and path is not None else {}
+    sampling = getattr(translator, "sampling", None) or {}
+    sampling = sampling if isinstance(sampling, dict) else vars(sampling)
+    fallback = FusionConfig(**{k: sampling[k] for k in ("steps", "samples", "guidance") if k in sampling})
+    return {d: calibrated.get(d, fallback) for d in Direction}

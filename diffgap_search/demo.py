@@ -5,9 +5,9 @@ The data flow, one stage per step of `run_demo` (every file lands in the output 
     1. write_synthetic      -> corpus.parquet (audio side: the index's clips), pairs.parquet (a, b, split)
                                queries.parquet (the test split's text side, each with its target clip)
     2. train                -> model/ (a small DiffGAP translator: train split; epoch kept on the val split)
-    3. EmbeddingIndex.build -> index/ (flat: exact inner product over every clip of the corpus)
+    3. Index.build -> index/ (flat: exact inner product over every clip of the corpus)
     4. calibrate            -> model/config.json "fusion" (weights, N, S chosen on the val split)
-    5. Searcher.search      -> the test queries four ways: raw cosine, translated, translated + rerank,
+    5. Engine.search_queries     -> the test queries four ways: raw cosine, translated, translated + rerank,
                                calibrated fusion; ranks of each query's own clip -> R@1/5/10, mAP@10
 
 The data are synthetic (`diffgap_search.synthetic`: two unit-norm spaces with a modality
@@ -32,14 +32,16 @@ from tqdm.auto import tqdm
 
 from diffgap_search.atomic import replace_dir, scratch_dir
 from diffgap_search.calibrate import CalibrationGrid, calibrate, write_calibration
+from diffgap_search.engine import Engine
 from diffgap_search.diffusion.train import TrainConfig, train
 from diffgap_search.diffusion.translator import Translator
 from diffgap_search.errors import DiffgapError
-from diffgap_search.index import EmbeddingIndex
+from diffgap_search.index import Index
 from diffgap_search.metrics import recall_at
 from diffgap_search.pairs import read_pairs
-from diffgap_search.rerank import FusionConfig
-from diffgap_search.search import Queries, Searcher
+from diffgap_search.queries import Queries
+from diffgap_search.signals import FusionConfig
+from diffgap_search.types import Direction
 from diffgap_search.storage import write_json_atomic, write_shard
 from diffgap_search.synthetic import GapConfig, split_of, write_synthetic
 
@@ -83,7 +85,7 @@ On real data (CLAP embeddings of your clips, and a pairs file to train on:
 columns a = audio, b = caption (or video) embeddings, split = train/val/test):
   diffgap-search embed clips/ --encoder hf:laion/clap-htsat-unfused --out clips.parquet
   diffgap-search build-index --embeddings clips.parquet --out indexes/clips
-  diffgap-search train --pairs pairs.parquet --out models/clap --recipe training/audiocaps.json
+  diffgap-search train --pairs pairs.parquet --out models/clap
   diffgap-search calibrate --model models/clap --pairs pairs.parquet --split val
   diffgap-search query indexes/clips "a dog barks" "rain on a tin roof" --model models/clap --encoder hf:laion/clap-htsat-unfused
 (video -> audio pairs: `diffgap-search embed videos/ --modality video ...` then `diffgap-search pair`.)"""
@@ -155,7 +157,7 @@ def _run(tmp: Path, out: Path, n: int, seed: int, progress: bool, log) -> dict:
 
     # 3. the index: every clip of the corpus, exact search
     log("[3/5] flat index of the audio side")
-    index = EmbeddingIndex.build([files["corpus"]], tmp / "index", index_type="flat", device="cpu")
+    index = Index.build([files["corpus"]], tmp / "index", index_type="flat", device="cpu")
     log(f"      {len(index):,} clips, dim {index.dim}, space {index.space!r}  ({lap('index'):.1f} s)")
 
     # 4. calibration on the val split: fusion weights, N and S, stored in the translator's config.json
@@ -165,32 +167,32 @@ def _run(tmp: Path, out: Path, n: int, seed: int, progress: bool, log) -> dict:
     calibration = calibrate(translator, val, FusionConfig(seed=seed), DEMO_GRID, log=lambda line: log("      " + line))
     write_calibration(tmp / "model", calibration)
     c = calibration.config
-    log(f"      chosen: weights raw {c.raw:g}, translated {c.translated:g}, diffusion {c.diffusion:g}; N={c.candidates}, "
-        f"S={c.steps} ({calibration.queries} queries, {calibration.gallery}-way)  ({lap('calibrate'):.1f} s)")
+    log(f"      chosen: weights {_weights(c)}; N={c.candidates}, S={c.steps} ({calibration.queries} queries, "
+        f"{calibration.gallery}-way)  ({lap('calibrate'):.1f} s)")
 
-    # 5. the test queries through the Searcher, four ways; the calibrated one loads its settings from model/
+    # 5. the test queries through the Engine, four ways; the calibrated one loads its settings from model/
     log(f"[5/5] searching: {len(queries):,} test queries against the index, four ways")
     translator = Translator.load(tmp / "model", "cpu")
-    uncalibrated = FusionConfig(raw=0.0, translated=1.0, candidates=RERANK_CANDIDATES, seed=seed)
-    searchers = {
-        "raw cosine": Searcher(index),  # no translator: plain cosine search of the text vectors
-        "translated": Searcher(index, translator, config=replace(uncalibrated, diffusion=0.0)),
-        "translated + rerank": Searcher(index, translator, config=replace(uncalibrated, diffusion=0.5)),
-        "calibrated fusion": Searcher(index, translator),  # settings from model/config.json
+    uncalibrated = FusionConfig(candidates=RERANK_CANDIDATES, seed=seed)
+    engines = {
+        "raw cosine": Engine(index),  # no translator: plain cosine search of the text vectors
+        "translated": Engine(index, translator, configs=_both(uncalibrated.with_weights(translated=1.0))),
+        "translated + rerank": Engine(index, translator, configs=_both(uncalibrated.with_weights(translated=1.0, diffusion=0.5))),
+        "calibrated fusion": Engine(index, translator),  # settings from model/calibration.json
     }
     targets = test.pair_id  # each query's answer is the clip it was paired with: corpus id = pair id
     assert np.array_equal(index.ids, np.arange(n)), "write_synthetic numbers the corpus by pair id"
     methods, rankings = {}, {}
-    bar = tqdm(searchers.items(), desc="search", unit="method", disable=not progress)
-    for name, searcher in bar:
+    bar = tqdm(engines.items(), desc="search", unit="method", disable=not progress)
+    for name, engine in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        rankings[name] = searcher.search(queries, K)
+        rankings[name] = engine.search_queries(queries, K)
         elapsed = time.perf_counter() - start
         ranks = top_k_ranks(rankings[name].ids, targets)  # [Q]; K = not in the top K
         m = recall_at(ranks)
         methods[name] = {**{key: m[key] for key in ("R@1", "R@5", "R@10", "mAP@10", "N")},
-                         "settings": _settings(searcher), "ms_per_query": round(1000 * elapsed / len(queries), 3)}
+                         "settings": _settings(engine), "ms_per_query": round(1000 * elapsed / len(queries), 3)}
     lap("search")
 
     examples = []
@@ -230,15 +232,22 @@ def top_k_ranks(ids: np.ndarray, targets: np.ndarray, k: int = K) -> np.ndarray:
     return np.where(hit.any(axis=1), hit.argmax(axis=1), k)
 
 
-def _settings(searcher: Searcher) -> str:
-    if searcher.translator is None:
+def _both(config: FusionConfig) -> dict:
+    return {d: config for d in Direction}
+
+
+def _weights(c: FusionConfig) -> str:
+    return ", ".join(f"{name} {w:g}" for name, w in c.weights.items())
+
+
+def _settings(engine: Engine) -> str:
+    if engine.translator is None:
         return "exact cosine, no translator"
-    c = searcher.config
-    return (f"raw {c.raw:g}, translated {c.translated:g}, diffusion {c.diffusion:g}; "
-            f"N={c.candidates}, S={c.steps}")
+    c = engine.config(Direction.TO_AUDIO)
+    return f"{_weights(c)}; N={c.candidates}, S={c.steps}"
 
 
-def _path(index: EmbeddingIndex, clip_id: int) -> str:
+def _path(index: Index, clip_id: int) -> str:
     return index.metadata(index.positions_of(np.array([clip_id])))[0]["path"]
 
 

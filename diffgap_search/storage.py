@@ -38,6 +38,7 @@ from diffgap_search.errors import DiffgapError
 
 SPACE_KEY = b"diffgap.space"
 MODALITY_KEY = b"diffgap.modality"
+IDS_KEY = b"diffgap.ids"  # "local": the id column numbers rows within this file only (shards `embed` writes)
 NORM_TOL = 1e-4  # |norm - 1| above this counts as "not unit-norm"
 EMBEDDING = "embedding"
 ID = "id"
@@ -239,7 +240,7 @@ def read_embeddings(path: str | Path, *, dim: int | None = None, writable: bool 
         space=meta.get(SPACE_KEY, b"").decode() or None,
         modality=meta.get(MODALITY_KEY, b"").decode() or None,
         renormalized=renormalized,
-        has_ids=ID in table.column_names,
+        has_ids=ID in table.column_names and meta.get(IDS_KEY) != b"local",
     )
 
 
@@ -314,8 +315,13 @@ def embeddings_table(
     *,
     space: str | None = None,
     modality: str | None = None,
+    local_ids: bool = False,
 ) -> pa.Table:
-    """Build the Arrow table of a shard (no validation; see `write_shard`)."""
+    """Build the Arrow table of a shard (no validation; see `write_shard`).
+
+    `local_ids`: the ids are row numbers within this file, not ids for an index; `build-index`
+    and `add` number such rows after the index's largest id (index/inputs.py, the id rule).
+    """
     n = len(vectors)
     columns = {ID: pa.array(np.asarray(ids, dtype=np.int64)), EMBEDDING: fixed_size_vectors(vectors)}
     if metadata is not None:
@@ -331,6 +337,8 @@ def embeddings_table(
         kv[SPACE_KEY] = space.encode()
     if modality:
         kv[MODALITY_KEY] = modality.encode()
+    if local_ids:
+        kv[IDS_KEY] = b"local"
     return table.replace_schema_metadata(kv or None)
 
 
@@ -438,15 +446,16 @@ def write_shard(
     *,
     space: str | None = None,
     modality: str | None = None,
+    local_ids: bool = False,
 ) -> Path:
-    """Validate (ids unique, rows finite and non-zero), normalize, write atomically."""
+    """Validate (ids unique, rows finite and non-zero), normalize, write atomically (`local_ids`: see embeddings_table)."""
     vectors = np.array(vectors, dtype=np.float32, order="C", copy=True)
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) != len(vectors):
         raise DiffgapError(f"{path}: {len(ids)} ids for {len(vectors)} embeddings")
     check_ids(ids, str(path))
     vectors, _ = check_vectors(vectors, str(path))
-    return write_table_atomic(embeddings_table(ids, vectors, metadata, space=space, modality=modality), path)
+    return write_table_atomic(embeddings_table(ids, vectors, metadata, space=space, modality=modality, local_ids=local_ids), path)
 
 
 def append_shard(path: str | Path, ids: np.ndarray, vectors: np.ndarray, metadata: pa.Table | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Search: candidate union, z-score fusion, diffusion reranking, calibration, reverse queries, the CLI."""
+"""The engine's chain: candidate union, z-score fusion, diffusion reranking, calibration, reverse queries, the CLI."""
 
 from __future__ import annotations
 
@@ -13,20 +13,22 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import shared_data, unit_rows
-from diffgap_search.calibrate import CalibrationGrid, calibrate, write_calibration
+from diffgap_search.calibrate import CalibrationGrid, calibrate, load_calibration, write_calibration
 from diffgap_search.cli import app
 from diffgap_search.diffusion.network import NetworkConfig
 from diffgap_search.diffusion.normalize import SpaceNorm
 from diffgap_search.diffusion.train import TrainConfig, train
 from diffgap_search.diffusion.translator import Space, Translator, TranslatorConfig
 from diffgap_search.errors import DiffgapError
-from diffgap_search.index import EmbeddingIndex
+from diffgap_search.engine import Engine, plan_route, unite
+from diffgap_search.index import Index
 from diffgap_search.metrics import recall_at, target_ranks
 from diffgap_search.pairs import read_pairs, write_pairs
-from diffgap_search.rerank import FusionConfig, diffusion_scores, fuse, noise_draws, standardize
-from diffgap_search.search import Queries, Searcher, plan_route, unite
+from diffgap_search.queries import Queries
+from diffgap_search.signals import FusionConfig, diffusion_scores, fuse, noise_draws, standardize
 from diffgap_search.storage import write_shard
 from diffgap_search.synthetic import GapConfig, make_pairs
+from diffgap_search.types import Direction
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16  # the tiny CLAP's space
@@ -69,11 +71,16 @@ def hand_diffusion_scores(translator, queries, candidates, config) -> np.ndarray
     return -((pred - q) ** 2).mean(axis=(-1, -2))
 
 
-def flat_index(tmp_path: Path, vectors: np.ndarray, *, space=None, modality="audio", name="ix") -> EmbeddingIndex:
+def flat_index(tmp_path: Path, vectors: np.ndarray, *, space=None, modality="audio", name="ix") -> Index:
     shard = tmp_path / f"{name}.parquet"
     write_shard(shard, np.arange(100, 100 + len(vectors)), vectors,
                 pa.table({"path": [f"clip{i}.wav" for i in range(len(vectors))]}), space=space, modality=modality)
-    return EmbeddingIndex.build([shard], tmp_path / name, index_type="flat", device="cpu")
+    return Index.build([shard], tmp_path / name, index_type="flat", device="cpu")
+
+
+def engine(index, translator=None, config=None) -> Engine:
+    """An engine whose every direction uses `config` (the defaults when None)."""
+    return Engine(index, translator, configs=None if config is None else {d: config for d in Direction})
 
 
 def test_diffusion_scores_equal_the_hand_computed_errors():
@@ -87,13 +94,13 @@ def test_diffusion_scores_equal_the_hand_computed_errors():
 
 
 def test_rerank_by_diffusion_alone_equals_the_hand_computed_ordering(tmp_path, monkeypatch):
-    monkeypatch.setattr("diffgap_search.search.SCORE_BLOCK_FLOATS", 40 * 6)  # one query per scoring block
+    monkeypatch.setattr("diffgap_search.engine.SCORE_BLOCK_FLOATS", 40 * 6)  # one query per scoring block
     tr = stand_in_translator(s=1.5)
     xb = unit_rows(40, 6, seed=5)
     index = flat_index(tmp_path, xb)
     queries = Queries(unit_rows(4, 6, seed=6))
-    config = FusionConfig(raw=0.0, translated=0.0, diffusion=1.0, candidates=40, timesteps=6, seed=1)
-    ranking = Searcher(index, tr, config=config).search(queries, k=40)
+    config = FusionConfig(candidates=40, timesteps=6, seed=1).with_weights(diffusion=1.0)
+    ranking = engine(index, tr, config).search_queries(queries, k=40)
     expected = hand_diffusion_scores(tr, queries.vectors, np.broadcast_to(xb, (4, 40, 6)), config)  # [Q, 40]
     hand_order = np.argsort(-expected, axis=1, kind="stable")
     np.testing.assert_array_equal(ranking.positions, hand_order)
@@ -117,15 +124,16 @@ def test_unite_equals_a_python_reference():
     assert united.shape[1] == max(len({v for v in [*x, *y] if v >= 0}) for x, y in zip(a, b))
 
 
-def test_searcher_candidates_are_the_union_of_translated_and_raw_top_n(tmp_path):
+def test_engine_candidates_are_the_union_of_translated_and_raw_top_n(tmp_path):
     tr = stand_in_translator(s=0.3)
     xb = unit_rows(60, 6, seed=7)
     index = flat_index(tmp_path, xb)
     queries = Queries(unit_rows(5, 6, seed=8))
-    searcher = Searcher(index, tr, config=FusionConfig(candidates=7, diffusion=0.0))
+    config = FusionConfig(candidates=7).with_weights(translated=1.0)
+    searcher = engine(index, tr, config)
     route = plan_route(queries, index, tr)
-    assert route.direction == 0 and route.raw  # no space names, one dim: raw search joins in
-    translated = searcher.translate(queries, route)
+    assert route.direction is Direction.TO_AUDIO and route.raw  # no space names, one dim: raw search joins in
+    translated = searcher.translate(queries, route, config)
     got = searcher.candidates(queries, translated, route, 7)
     for q in range(5):
         want = set(np.argsort(-(translated[q] @ xb.T))[:7]) | set(np.argsort(-(queries.vectors[q] @ xb.T))[:7])
@@ -192,20 +200,35 @@ def test_calibration_is_never_below_raw_or_translation_alone(tiny, tmp_path):
     assert result.config.candidates in (10, 30) and result.config.steps in (1, 3)
 
     write_calibration(model, result)
-    stored = Translator.load(model)
-    assert stored.config.fusion["settings"] == result.config.to_dict()
-    assert stored.config.fusion["validation"]["scores"]["fused"] == fused
-    assert Searcher(flat_index(tmp_path, gallery), stored).config == result.config  # query's defaults
+    stored = json.loads((model / "calibration.json").read_text())["to-audio"]
+    assert stored["settings"] == result.config.to_dict()
+    assert stored["validation"]["scores"]["fused"] == fused
+    assert load_calibration(model)[Direction.TO_AUDIO] == result.config
+    assert Engine(flat_index(tmp_path, gallery), Translator.load(model)).config(Direction.TO_AUDIO) == result.config  # query's defaults
 
 
-def test_a_damaged_fusion_section_is_one_clear_error(tiny, tmp_path):
+def test_a_damaged_calibration_is_one_clear_error(tiny, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny["model"], model)
+    bad = {"to-audio": {"settings": {**FusionConfig().to_dict(), "candidates": 0}}}
+    (model / "calibration.json").write_text(json.dumps(bad))
+    with pytest.raises(DiffgapError, match=r"calibration.json: .*candidates = 0 .*run `diffgap-search calibrate` again"):
+        Engine(flat_index(tmp_path, unit_rows(10, DIM)), Translator.load(model))
+    (model / "calibration.json").write_text("{not json")
+    with pytest.raises(DiffgapError, match=r"calibration.json: unreadable calibration"):
+        load_calibration(model)
+
+
+def test_legacy_fusion_section_in_config_json_still_loads(tiny, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny["model"], model)
     config = json.loads((model / "config.json").read_text())
-    config["fusion"] = {"settings": {**FusionConfig().to_dict(), "candidates": 0}}
+    legacy = {"raw": 0.0, "translated": 1.0, "diffusion": 0.25, "candidates": 20, "steps": 2, "samples": 1, "guidance": 1.0,
+              "timesteps": 8, "t_min": 100, "t_max": 600, "seed": 0}
+    config["fusion"] = {"settings": legacy, "validation": {}}
     (model / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DiffgapError, match=r"config.json: malformed translator config .*candidates = 0"):
-        Translator.load(model)
+    loaded = load_calibration(model)[Direction.TO_AUDIO]
+    assert loaded.weights == {"raw": 0.0, "translated": 1.0, "diffusion": 0.25} and loaded.candidates == 20
 
 
 # -- reverse queries and space checks -----------------------------------------------------------
@@ -218,28 +241,29 @@ def test_audio_queries_search_a_caption_index_through_the_other_direction(tiny, 
     val = read_pairs(tiny["val"])
     captions = flat_index(tmp_path, val.b[:40], space="clap:x", modality="text", name="captions")
     audio = Queries(val.a[:3], "clap:x", "audio")
-    config = FusionConfig(raw=0.5, translated=1.0, diffusion=0.5, candidates=40, steps=2)
-    ranking = Searcher(captions, translator, config=config).search(audio, k=40)
-    assert ranking.route.direction == 1 and ranking.route.raw  # from-audio; CLAP text and audio share a space
+    config = FusionConfig(candidates=40, steps=2).with_weights(raw=0.5, translated=1.0, diffusion=0.5)
+    ranking = engine(captions, translator, config).search_queries(audio, k=40)
+    assert ranking.route.direction is Direction.FROM_AUDIO and ranking.route.raw  # from-audio; CLAP text and audio share a space
     # the diffusion signal is the other direction: the audio query denoised, conditioned on each caption
     timesteps, noise = noise_draws(config, DIM, 1000)
     errors = translator.denoise_error(audio.vectors, val.b[:40], timesteps, noise, "to-audio")  # [3, 40]
     np.testing.assert_allclose(ranking.signals["diffusion"], np.take_along_axis(-errors, ranking.positions, 1), rtol=1e-5)
-    translated = translator.translate(audio.vectors, "from-audio", steps=2, generator=torch.Generator().manual_seed(0))
+    translated = translator.translate(audio.vectors, "from-audio", steps=2, samples=1, guidance=1.0,
+                                      generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(ranking.signals["translated"], np.take_along_axis(translated @ val.b[:40].T, ranking.positions, 1), atol=1e-5)
 
 
 def test_mismatched_spaces_are_one_line_errors_naming_both(tmp_path):
     tr = stand_in_translator(names=("clap:x", "clap:x"), modalities=("audio", "text"))
     other = flat_index(tmp_path, unit_rows(10, 6), space="clap:other", modality="audio", name="other")
-    with pytest.raises(DiffgapError, match=r"index .* space 'clap:other' .*translator's other side is space 'clap:x'") as err:
-        Searcher(other, tr).search(Queries(unit_rows(2, 6), "clap:x", "text"))
+    with pytest.raises(DiffgapError, match=r"index .* space 'clap:other' .*translated into space 'clap:x'") as err:
+        Engine(other, tr).search_queries(Queries(unit_rows(2, 6), "clap:x", "text"))
     assert "\n" not in str(err.value)
     index = flat_index(tmp_path, unit_rows(10, 6), space="clap:x", modality="audio")
     with pytest.raises(DiffgapError, match=r"queries are in space 'clip:y' \(video, dim 6\), the translator's sides are"):
-        Searcher(index, tr).search(Queries(unit_rows(2, 6), "clip:y", "video"))
+        Engine(index, tr).search_queries(Queries(unit_rows(2, 6), "clip:y", "video"))
     with pytest.raises(DiffgapError, match="dim 5"):
-        Searcher(index, tr).search(Queries(unit_rows(2, 5), "clap:x", "text"))
+        Engine(index, tr).search_queries(Queries(unit_rows(2, 5), "clap:x", "text"))
 
 
 # -- the CLI end to end with a tiny CLAP over real audio ---------------------------------------
@@ -266,7 +290,7 @@ def test_cli_calibrate_then_query_texts_and_audio(tiny, clap_index, tmp_path):
     result = invoke("calibrate", "--model", model, "--pairs", tiny["val"], "--device", "cpu")
     assert result.exit_code == 0, (result.output, result.stderr)
     assert "calibrated" in result.output and "fused" in result.output
-    assert Translator.load(model).config.fusion is not None
+    assert set(load_calibration(model)) == {Direction.TO_AUDIO, Direction.FROM_AUDIO}
 
     encoder = f"hf:{clap_index['clap']}"
     result = invoke("query", clap_index["index"], "a dog barks", "rain on a tin roof", "--model", model, "--encoder", encoder,
@@ -282,7 +306,7 @@ def test_cli_calibrate_then_query_texts_and_audio(tiny, clap_index, tmp_path):
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert [h["query"] for h in hits] == [0] * 4 + [1] * 4
     assert hits[0]["query_label"] == "a dog barks" and hits[4]["query_label"] == str(audio)
-    assert [h["rank"] for h in hits[:4]] == [0, 1, 2, 3]
+    assert [h["rank"] for h in hits[:4]] == [1, 2, 3, 4]  # 1-based for people
     assert all({"score", "id", "path", "raw", "translated", "diffusion"} <= set(h) for h in hits)
     assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(3))
     assert len({h["id"] for h in hits[:4]}) == 4 and all(0 <= h["id"] < 8 for h in hits)
