@@ -43,7 +43,7 @@ from diffgap_search.bridge import FORMATS, bridge, write_conditions  # noqa: E40
 from diffgap_search.diffusion.network import Denoiser, NetworkConfig, count_parameters  # noqa: E402
 from diffgap_search.diffusion.normalize import SpaceNorm  # noqa: E402
 from diffgap_search.diffusion.translator import Space, Translator, TranslatorConfig  # noqa: E402
-from diffgap_search.search import Queries  # noqa: E402
+from diffgap_search.queries import Queries  # noqa: E402
 from diffgap_search.synthetic import GapConfig, make_pairs  # noqa: E402
 
 SETTINGS = [(5, 1, 1.0), (5, 1, 3.0), (20, 4, 1.0)]  # (S, K, w)

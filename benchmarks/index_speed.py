@@ -1,8 +1,8 @@
 """Index build time, size, recall and query latency for flat / hnsw / ivfpq.
 
 For each corpus size N (synthetic 512-d audio-side embeddings with clusters, from
-`diffgap_search.synthetic`) and index type: build through `EmbeddingIndex.build`
-(read + validate shards, train, add, tune, write), then time `EmbeddingIndex.search`
+`diffgap_search.synthetic`) and index type: build through `Index.build`
+(read + validate shards, train, add, tune, write), then time `Index.search`
 and a bare `faiss` `index.search` on the same index object with the same queries:
 one query at a time (p50/p99 over many calls) and batches of 1,024 (p50/p99 over
 repeated runs). The ratio ours/bare is our overhead. Recall@10 is measured against
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine_block, markdown_table, p50, p99, write_results  # noqa: E402
 
-from diffgap_search.index import EmbeddingIndex, recall_at_k  # noqa: E402
+from diffgap_search.index import Index, recall_at_k  # noqa: E402
 from diffgap_search.storage import embeddings_table, read_embeddings, write_table_atomic  # noqa: E402
 from diffgap_search.synthetic import GapConfig, iter_pairs  # noqa: E402
 
@@ -53,7 +53,7 @@ def corpus(n: int, n_queries: int, dim: int, workdir: Path, seed: int) -> tuple[
 
 def bench_one(shards: Path, out: Path, index_type: str, xq: np.ndarray, gt: np.ndarray, repeats: int, singles: int) -> dict:
     t0 = time.perf_counter()
-    index = EmbeddingIndex.build([shards], out, index_type=index_type, device="cpu", memory_budget="16GB")
+    index = Index.build([shards], out, index_type=index_type, device="cpu", memory_budget="16GB")
     build_s = time.perf_counter() - t0
     faiss_index = index.index
     one = [xq[i : i + 1] for i in range(singles)]
@@ -136,7 +136,7 @@ Synthetic clustered {args.dim}-d unit vectors (`diffgap_search.synthetic`, seed 
 {BATCH} held-out vectors of the same distribution. k = {K}. "build s" is the whole
 `build-index` (read and validate shards, train, add, tune search parameters to recall@10 >= 0.95,
 write atomically). "1q" = one query per call, p50/p99 over {args.singles} calls; "1024q" = one batch of
-{BATCH}, p50/p99 over {args.repeats} runs. "ours/faiss" = p50 of `EmbeddingIndex.search` (validation,
+{BATCH}, p50/p99 over {args.repeats} runs. "ours/faiss" = p50 of `Index.search` (validation,
 normalization, id mapping) over p50 of a bare `faiss` `index.search` on the same index and queries.
 recall@10 is against exact inner-product search on the same held-out queries.
 

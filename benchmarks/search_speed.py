@@ -1,21 +1,22 @@
-"""Search speed: latency of each stage of the Searcher chain, against the machine's matmul FLOP/s.
+"""Search speed: latency of each stage of the Engine's query chain, against the machine's matmul FLOP/s.
 
 For each index size N (synthetic 512-d audio-side vectors from `diffgap_search.synthetic`,
-written as shards and built with `EmbeddingIndex.build`), each index type (`flat`, and
+written as shards and built with `Index.build`), each index type (`flat`, and
 `auto`, which is measured only where it resolves to another index than the ones already
 measured), each device (CPU, and CUDA when torch sees a GPU) and each batch size (1 query;
 `--batch`, default 1,024, queries per call):
 
-  translate     plan_route + `Searcher.translate`: S = 5 DDIM steps, K = 1, w = 1 (`FusionConfig()`)
-  search        `Searcher.candidates`: FAISS top-N (N = 100) of the translated queries, and of the
-                raw queries (same dim, so the union of both: two FAISS searches), `unite`
-  rerank        `Searcher.score`: gather the M candidate vectors, raw and translated cosines, and the
+  translate     `plan_route` + `Engine.settings` + `Engine.translate`: S = 5 DDIM steps, K = 1, w = 1
+                (`FusionConfig()`, an uncalibrated translator's settings, given as the Engine's configs)
+  search        `Engine.candidates`: FAISS top-N (N = 100) of the translated queries and of the raw
+                queries (same dim) in ONE FAISS call over both, then their row-wise union `unite`
+  rerank        `Engine.score`: gather the M candidate vectors, raw and translated cosines, and the
                 diffusion score (reverse direction, J = 8 shared (timestep, noise) draws, one batched
                 forward over candidates x timesteps)
-  fuse + top-k  per-query z-scores, weighted sum (`fuse`), `Searcher.top_k` (ids, signals)
-  total         the sum of the four: exactly the body of `Searcher.search` (checked once against it)
-  plain cosine  the baseline, measured in the same run: `Searcher(index)` without a translator, the
-                whole `search` call (one FAISS search + the raw cosine + top-k)
+  fuse + top-k  per-query z-scores, weighted sum (`fuse` with `effective_weights`), `Engine.top_k`
+  total         the sum of the four: exactly the body of `Engine.search_queries` (checked once against it)
+  plain cosine  the baseline, measured in the same run: `Engine(index)` without a translator, the
+                whole `search_queries` call (one FAISS search + the raw cosine + top-k)
 
 Encoding (text / audio / video towers) is excluded: queries arrive as embeddings (the text side of
 held-out synthetic pairs). The translator is UNTRAINED (the default `NetworkConfig()`, ~1.4 M
@@ -28,7 +29,7 @@ calls of the same B queries (with 5 runs, p99 is about the slowest). One warm-up
 FLOP counted as in translator_speed.py: forward = 2 x the nn.Linear weights one direction uses;
 translate = S x K x forward per query (x 2 with guidance != 1); rerank = M x J x forward (from-audio)
 + 2 x M x d per cosine signal, per query, with M the padded candidate width actually computed; flat
-search = 2 x N x d per query and FAISS search. Biases, activations, LayerNorm etc. are not counted:
+search = 2 x N x d per query vector searched (translated and raw). Biases, activations, LayerNorm etc. are not counted:
 GFLOP/s is a lower bound. "of matmul" divides by fp32 `torch.mm` of two `--matmul-n` square
 matrices (median of `--matmul-runs`), measured in the same run on the same device and thread count.
 
@@ -55,11 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, write_results  # noqa: E402
 from translator_speed import direction_linear_weights, gflops, make_train_pairs  # noqa: E402
 
-from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
+from diffgap_search.diffusion.train import TrainConfig, TrainingRun, translator_config  # noqa: E402
 from diffgap_search.diffusion.translator import Translator  # noqa: E402
-from diffgap_search.index import EmbeddingIndex, parse_bytes, plan_index  # noqa: E402
-from diffgap_search.rerank import FusionConfig, fuse  # noqa: E402
-from diffgap_search.search import Queries, Searcher, plan_route  # noqa: E402
+from diffgap_search.engine import Engine, effective_weights, plan_route  # noqa: E402
+from diffgap_search.index import Index, parse_bytes, plan_index  # noqa: E402
+from diffgap_search.queries import Queries  # noqa: E402
+from diffgap_search.signals import FusionConfig, fuse  # noqa: E402
+from diffgap_search.types import Direction  # noqa: E402
 from diffgap_search.storage import embeddings_table, write_table_atomic  # noqa: E402
 from diffgap_search.synthetic import SPACE, GapConfig, iter_pairs  # noqa: E402
 
@@ -86,42 +89,43 @@ def corpus(n: int, n_queries: int, dim: int, workdir: Path, seed: int) -> tuple[
 
 def untrained_translator(device: str) -> Translator:
     pairs = make_train_pairs(4096)
-    run = _Run(TrainConfig(), pairs, torch.device(device))
+    run = TrainingRun(TrainConfig(), pairs, torch.device(device))
     return Translator(translator_config(run, pairs, {}), run.ema, run.norm_a, run.norm_b, device)
 
 
-def staged(searcher: Searcher, queries: Queries, k: int = K) -> tuple[dict, object, int, bool]:
-    """`Searcher.search`, stage by stage with a clock between: (seconds per stage, ranking, M, raw union)."""
-    c, out = searcher.config, {}
+def staged(engine: Engine, queries: Queries, k: int = K) -> tuple[dict, object, int, bool]:
+    """`Engine.search_queries`, stage by stage with a clock between: (seconds per stage, ranking, M, raw union)."""
+    out = {}
     t0 = time.perf_counter()
-    route = plan_route(queries, searcher.index, searcher.translator)
-    translated = searcher.translate(queries, route)
+    route = plan_route(queries, engine.index, engine.translator)
+    config = engine.settings(route)
+    translated = engine.translate(queries, route, config)
     t1 = time.perf_counter()
-    candidates = searcher.candidates(queries, translated, route, max(k, c.candidates))
+    candidates = engine.candidates(queries, translated, route, max(k, config.candidates))
     t2 = time.perf_counter()
-    signals = searcher.score(queries, translated, candidates, route, None)
+    signals = engine.score(queries, translated, candidates, route, config)
     t3 = time.perf_counter()
     mask = candidates >= 0
-    fused = fuse(signals, searcher.effective_weights(signals), mask)
-    ranking = searcher.top_k(queries, candidates, fused, signals, route, k)
+    fused = fuse(signals, effective_weights(config, signals), mask) if route.direction else np.where(mask, signals["raw"], -np.inf)
+    ranking = engine.top_k(queries, candidates, fused, signals, route, k, translated)
     t4 = time.perf_counter()
     out.update({"translate": t1 - t0, "search": t2 - t1, "rerank": t3 - t2, "fuse + top-k": t4 - t3, "total": t4 - t0})
     return out, ranking, int(candidates.shape[1]), route.raw
 
 
-def measure(searcher: Searcher, plain: Searcher, batches: list[Queries]) -> dict:
+def measure(engine: Engine, plain: Engine, batches: list[Queries]) -> dict:
     """Per stage and for the plain baseline: seconds of each call (after one warm-up call of each)."""
-    staged(searcher, batches[0])
-    plain.search(batches[0], K)
+    staged(engine, batches[0])
+    plain.search_queries(batches[0], K)
     times = {s: [] for s in (*STAGES, "total", "plain")}
     widths, raw = [], True
     for q in batches:  # staged and plain alternate call by call, so that background load hits both alike
-        seconds, _, m, raw = staged(searcher, q)
+        seconds, _, m, raw = staged(engine, q)
         widths.append(m)
         for s, v in seconds.items():
             times[s].append(v)
         t = time.perf_counter()
-        plain.search(q, K)
+        plain.search_queries(q, K)
         times["plain"].append(time.perf_counter() - t)
     return {"times": times, "M": int(np.median(widths)), "raw": raw}
 
@@ -164,7 +168,7 @@ def main() -> None:
     devices = args.device_list.split(",") if args.device_list else ["cpu"] + (["cuda"] if cuda else [])
     sizes = [int(s) for s in args.sizes.split(",") if s]
     budget = parse_bytes(args.memory_budget)
-    config = FusionConfig()  # the `query` defaults: N=100, S=5, K=1, w=1, J=8, weights raw 0 / translated 1 / diffusion 0.5
+    config = FusionConfig()  # an uncalibrated translator's settings: N=100, S=5, K=1, w=1, J=8, weights raw 0 / translated 1 / diffusion 0.5
     translators = {dev: untrained_translator(dev) for dev in devices}
     net = translators[devices[0]].network
     fwd = {d: 2 * direction_linear_weights(net, d) for d in (0, 1)}
@@ -187,32 +191,33 @@ def main() -> None:
             for index_type, names in resolved.items():
                 label = " = ".join(dict.fromkeys([index_type, *names]))
                 t0 = time.perf_counter()
-                EmbeddingIndex.build([shards], workdir / f"ix-{n}-{index_type}", index_type=index_type, device="cpu",
-                                     memory_budget=budget)
+                Index.build([shards], workdir / f"ix-{n}-{index_type}", index_type=index_type, device="cpu",
+                            memory_budget=budget)
                 build_s = time.perf_counter() - t0
                 for dev in devices:
-                    index = EmbeddingIndex.load(workdir / f"ix-{n}-{index_type}",
-                                                device="cuda" if dev.startswith("cuda") and faiss.get_num_gpus() else "cpu")
-                    searcher = Searcher(index, translators[dev], config=config)
-                    plain = Searcher(index)
+                    index = Index.open(workdir / f"ix-{n}-{index_type}",
+                                       device="cuda" if dev.startswith("cuda") and faiss.get_num_gpus() else "cpu")
+                    engine = Engine(index, translators[dev], configs={d: config for d in Direction})
+                    plain = Engine(index)
                     check = batch if args.batch <= 128 else Queries(xq[:64], modality="text")
-                    _, staged_ranking, _, _ = staged(searcher, check)
-                    same = np.array_equal(staged_ranking.ids, searcher.search(check, K).ids)
+                    _, staged_ranking, _, _ = staged(engine, check)
+                    same = np.array_equal(staged_ranking.ids, engine.search_queries(check, K).ids)
                     if not same:
-                        print(f"WARNING: the staged chain's top-{K} differs from Searcher.search's ({dev}, N={n})", flush=True)
+                        print(f"WARNING: the staged chain's top-{K} differs from Engine.search_queries's ({dev}, N={n})",
+                              flush=True)
                     notes.append(f"N={n:,} {label} on {dev}: factory {index.manifest['factory']}, search params "
                                  f"{index.manifest['search_params'] or '-'}, tuned recall@10 {index.manifest['tuned_recall_at_10']}, "
                                  f"built in {build_s:.0f} s; FAISS on {index.device}; staged top-{K} "
-                                 f"{'equals' if same else 'DIFFERS FROM'} Searcher.search's on {len(check)} queries")
+                                 f"{'equals' if same else 'DIFFERS FROM'} Engine.search_queries's on {len(check)} queries")
                     for size, calls in ((1, singles), (args.batch, [batch] * args.repeats)):
-                        r = measure(searcher, plain, calls)
+                        r = measure(engine, plain, calls)
                         mm = baselines[dev]
                         plain_p50 = p50(r["times"]["plain"])
                         for stage in (*STAGES, "total", "plain"):
                             lat = r["times"][stage]
                             flop = flop_per_query(stage, config, fwd, n, args.dim, index_type, r["M"], r["raw"])
                             rate = flop * size / p50(lat) if flop else None
-                            name = {"search": f"search ({'2 FAISS searches, union' if r['raw'] else '1 FAISS search'}, "
+                            name = {"search": f"search ({'1 FAISS call, translated + raw, union' if r['raw'] else '1 FAISS call'}, "
                                               f"N={config.candidates})",
                                     "rerank": f"rerank (M={r['M']} x J={config.timesteps})",
                                     "translate": f"translate (S={config.steps}, K={config.samples})",
@@ -225,7 +230,7 @@ def main() -> None:
                                          "of matmul": f"{rate / mm:.3f}" if rate else "-",
                                          "vs plain": f"{p50(lat) / plain_p50:.1f}x" if stage == "total" else ""})
                             print(" | ".join(str(rows[-1][c]) for c in COLUMNS), flush=True)
-                    del index, searcher, plain
+                    del index, engine, plain
                 shutil.rmtree(workdir / f"ix-{n}-{index_type}")
             shutil.rmtree(shards)
     finally:
@@ -261,25 +266,27 @@ def main() -> None:
 
 Queries arrive as embeddings (encoding excluded): the text side of {max(args.batch, args.singles):,} held-out synthetic
 pairs; the index holds N synthetic {args.dim}-d audio-side vectors (`diffgap_search.synthetic`, seed {args.seed}).
-Fusion settings: `FusionConfig()`, the `query` defaults (N = {config.candidates} candidates, S = {config.steps} DDIM steps,
-K = {config.samples}, w = {config.guidance:g}, J = {config.timesteps} diffusion draws, weights translated {config.translated:g} /
-diffusion {config.diffusion:g}). The translator is untrained (default network): speed does not depend on its weights.
+Fusion settings: `FusionConfig()`, an uncalibrated translator's settings, given to the Engine as each direction's
+config (N = {config.candidates} candidates, S = {config.steps} DDIM steps, K = {config.samples}, w = {config.guidance:g},
+J = {config.timesteps} diffusion draws, weights translated {config.weight("translated"):g} / diffusion
+{config.weight("diffusion"):g}). The translator is untrained (default network): speed does not depend on its weights.
 
-- **translate**: `plan_route` + `Searcher.translate` (S x K forward passes per query, DDIM loop, output as numpy).
-- **search**: `Searcher.candidates`: FAISS top-N of the translated and of the raw queries (query and index have
-  one dim, so both run) and their row-wise union `unite`.
-- **rerank**: `Searcher.score`: gather the M candidates' stored vectors, raw and translated cosines, and the
+- **translate**: `plan_route` + `Engine.settings` + `Engine.translate` (S x K forward passes per query, DDIM loop,
+  output as numpy).
+- **search**: `Engine.candidates`: FAISS top-N of the translated and of the raw queries (query and index have
+  one dim, so both run) in one FAISS call over both, and their row-wise union `unite`.
+- **rerank**: `Engine.score`: gather the M candidates' stored vectors, raw and translated cosines, and the
   diffusion score (one batched forward of the reverse direction over M x J rows per query). M is the padded
   width of the union (what is computed).
-- **fuse + top-k**: `fuse` (per-query z-scores, weighted sum) and `Searcher.top_k`.
-- **total**: the sum of the four, the body of `Searcher.search` (the staged ranking is checked equal to
-  `Searcher.search`'s). **vs plain** = total p50 / plain p50.
-- **plain cosine search (baseline)**: `Searcher(index).search` without a translator, the whole call,
+- **fuse + top-k**: `fuse` (per-query z-scores, weighted sum) and `Engine.top_k`.
+- **total**: the sum of the four, the body of `Engine.search_queries` (the staged ranking is checked equal to
+  `Engine.search_queries`'s). **vs plain** = total p50 / plain p50.
+- **plain cosine search (baseline)**: `Engine(index).search_queries` without a translator, the whole call,
   alternated call by call with the staged chain so that background load hits both alike.
 - batch 1: p50/p99 over {args.singles} calls, each with another query; batch {args.batch}: p50/p99 over {args.repeats} calls
   (p99 of so few is about the slowest). ms/query = p50 / batch.
 - **GFLOP/s**: FLOP per query x batch / p50. translate: S x K x {fwd[0]:,}; rerank: M x J x {fwd[1]:,} + 2 x M x d per cosine
-  signal; flat search: 2 x N x d per FAISS search (not counted for graph / IVF indexes). Forward FLOP = 2 x the
+  signal; flat search: 2 x N x d per vector searched, translated and raw (not counted for graph / IVF indexes). Forward FLOP = 2 x the
   nn.Linear weights one direction uses, as in translator_speed.py (biases, activations, LayerNorm not counted: a
   lower bound). **of matmul** = GFLOP/s over fp32 `torch.mm` {args.matmul_n}^2 (median of {args.matmul_runs} runs),
   measured in this run on the same device and thread count.

@@ -8,12 +8,12 @@ For each device (CPU, and CUDA when torch sees a GPU), with the default network
    default), median of `--matmul-runs` runs; FLOP = 2 n^3. This is what the
    machine can do with torch on this device and thread count, measured in the
    same run as everything else.
-2. Training: the real step, `diffgap_search.diffusion.train._Run.train_step`
+2. Training: the real step, `diffgap_search.diffusion.train.TrainingRun.train_step`
    (noising, forward, MSE loss, backward, gradient clipping, Adam, EMA update) on
    normalized batches of 64 and 1,024 pairs. After warm-up steps, `--repeats`
    windows of `--window` steps are timed; it/s = window / median window time.
 3. Translation: `Translator.translate` (S = 5 DDIM steps, K = 1 sample, guidance
-   w = 1) of an untrained translator built in memory from that `_Run`, at batch 1
+   w = 1) of an untrained translator built in memory from that `TrainingRun`, at batch 1
    (`--singles` separate calls, p50/p99 latency) and batch 4,096 (`--repeats`
    calls). q/s = batch / median call time.
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import NO_GPU, RESULTS, machine_block, markdown_table, matmul_flops, p50, p99, sync, timings, write_results  # noqa: E402
 
 from diffgap_search.diffusion.network import Denoiser, NetworkConfig, count_parameters  # noqa: E402
-from diffgap_search.diffusion.train import TrainConfig, _Run, translator_config  # noqa: E402
+from diffgap_search.diffusion.train import TrainConfig, TrainingRun, translator_config  # noqa: E402
 from diffgap_search.diffusion.translator import Translator  # noqa: E402
 from diffgap_search.pairs import Pairs  # noqa: E402
 from diffgap_search.synthetic import GapConfig, make_pairs  # noqa: E402
@@ -74,7 +74,7 @@ def make_train_pairs(n: int) -> Pairs:
 
 
 def bench_training(pairs: Pairs, device: str, batch: int, window: int, repeats: int, warmup: int) -> dict:
-    run = _Run(TrainConfig(batch_size=batch), pairs, torch.device(device))
+    run = TrainingRun(TrainConfig(batch_size=batch), pairs, torch.device(device))
     a = run.norm_a(torch.from_numpy(np.array(pairs.a)).to(device))
     b = run.norm_b(torch.from_numpy(np.array(pairs.b)).to(device))
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).to(device)
@@ -174,7 +174,7 @@ def main() -> None:
                          "GFLOP/s": gflops(achieved), "of matmul": f"{achieved / mm:.3f}"})
             print(" | ".join(str(rows[-1][c]) for c in columns), flush=True)
         if run is None:
-            run = _Run(TrainConfig(), pairs, torch.device(dev))
+            run = TrainingRun(TrainConfig(), pairs, torch.device(dev))
         translator = Translator(translator_config(run, pairs, {}), run.ema, run.norm_a, run.norm_b, dev)
         for batch in translate_batches:
             r = bench_translation(translator, pairs, dev, batch, args.repeats, args.singles)
@@ -216,7 +216,7 @@ emb {NetworkConfig.emb}, {NetworkConfig.blocks} blocks, {params:,} parameters), 
 - **torch.mm**: fp32 {args.matmul_n} x {args.matmul_n} @ {args.matmul_n} x {args.matmul_n}, median of
   {args.matmul_runs} runs, FLOP = 2 n^3: the baseline every efficiency ("of matmul") divides by,
   measured in this run on the same device and thread count.
-- **train step**: `_Run.train_step` (draw t / noise / dropout, noise, forward, MSE loss,
+- **train step**: `TrainingRun.train_step` (draw t / noise / dropout, noise, forward, MSE loss,
   backward, gradient clipping, Adam, EMA update) on normalized batches of synthetic pairs
   ({args.n} pairs, `make_pairs`), direction to-audio; after {warmup_steps} warm-up steps,
   median of {args.repeats} windows of {args.window} steps. "p50 ms" is per step.

@@ -20,9 +20,7 @@ reason) and is retried on the next run; it never stops the run and never gets a 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffgap_search.audio_io import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, clip_windows, decode_audio, pool_windows
+from diffgap_search.encoders.base import require
 from diffgap_search.errors import DiffgapError
-from diffgap_search.storage import read_embeddings, write_shard
+from diffgap_search.storage import read_embeddings, write_file_atomic, write_shard
 from diffgap_search.video_io import decode_frames
 
 MANIFEST_PATH_COLUMNS = ("path", "file_name", "filename", "file")
@@ -47,6 +46,15 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     rows: int = 0  # rows in the output
     seconds: float = 0.0
+
+    @property
+    def errors_csv(self) -> Path:
+        """The list of the files that failed (path, reason): `<out stem>.errors.csv` beside the output."""
+        return errors_path(self.out)
+
+
+def errors_path(out: Path) -> Path:
+    return out.parent / f"{out.stem}.errors.csv"
 
 
 def collect_media(inputs: list[str | Path], extensions: set[str] = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS) -> list[Path]:
@@ -123,21 +131,17 @@ def _done(out: Path) -> dict[str, tuple[int, int]]:
 
 
 def _check_encoder(encoder, modality: str, per_window: bool) -> None:
-    precomputed = hasattr(encoder, "lookup")
-    need = {"audio": "encode_audio", "video": "encode_video"}.get(modality)
-    if need is None:
+    if modality not in ("audio", "video"):
         raise DiffgapError(f"--modality {modality}: media files are embedded as audio or video")
-    if not precomputed and not hasattr(encoder, need):
-        can = [m for m, f in (("audio", "encode_audio"), ("video", "encode_video"), ("text", "encode_text")) if hasattr(encoder, f)]
-        raise DiffgapError(f"encoder {encoder.space!r} does not embed {modality}; it embeds {', '.join(can)}: "
-                           f"use --modality {can[0]} or another --encoder")
-    if per_window and (modality != "audio" or precomputed):
+    can = sorted(encoder.modalities)
+    require(encoder, modality, f"use --modality {can[0]} or another --encoder" if can else "use another --encoder")
+    if per_window and (modality != "audio" or encoder.precomputed):
         raise DiffgapError("--per-window splits audio into 10 s windows; it is for --modality audio with an audio encoder")
 
 
 def _embed_file(encoder, path: Path, modality: str, per_window: bool) -> tuple[np.ndarray, list[float], float]:
     """(unit rows [k, d], start_s of each row, duration_s) of one file; DecodeError if it cannot be read."""
-    if hasattr(encoder, "lookup"):
+    if encoder.precomputed:
         try:
             return encoder.lookup(path), [0.0], float("nan")
         except DiffgapError as exc:
@@ -251,7 +255,7 @@ def _merge(out: Path, parts: Path, space: str, modality: str) -> int:
     table = table.take(pa.array(rows, pa.int64()))
     emb = read_embeddings_from_table(table)
     meta = table.drop(["id", "embedding"])
-    write_shard(out, np.arange(table.num_rows), emb, meta, space=space, modality=modality)
+    write_shard(out, np.arange(table.num_rows), emb, meta, space=space, modality=modality, local_ids=True)
     shutil.rmtree(parts, ignore_errors=True)
     return table.num_rows
 
@@ -263,17 +267,18 @@ def read_embeddings_from_table(table: pa.Table) -> np.ndarray:
 
 
 def _write_errors(out: Path, failed: list[tuple[str, str]]) -> None:
-    path = out.parent / f"{out.stem}.errors.csv"
+    path = errors_path(out)
     if not failed:
         if path.exists():
             path.unlink()
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
+
+    def write(fh) -> None:
         writer = csv.writer(fh)
         writer.writerow(["path", "reason"])
         writer.writerows(failed)
-    os.replace(tmp, path)
+
+    write_file_atomic(path, write, "w", newline="")
 
 
 def embed_captions(encoder, inputs: list[str | Path], out: str | Path, *, batch: int = 256, progress: bool = True) -> IngestReport:
@@ -282,9 +287,35 @@ def embed_captions(encoder, inputs: list[str | Path], out: str | Path, *, batch:
 
     out = Path(out)
     t0 = time.perf_counter()
+    require(encoder, "text", "captions need a CLAP encoder (hf:laion/clap-htsat-unfused, or laion-clap:HTSAT-tiny "
+                             "with --checkpoint)")
     captions = read_captions(inputs)
     vectors = [encoder.encode_text(captions[i : i + batch])
                for i in tqdm(range(0, len(captions), batch), desc="embedding captions", unit="batch", disable=not progress)]
     write_shard(out, np.arange(len(captions)), np.concatenate(vectors), pa.table({"caption": captions}),
-                space=encoder.space, modality="text")
+                space=encoder.space, modality="text", local_ids=True)
     return IngestReport(out, embedded=len(captions), rows=len(captions), seconds=time.perf_counter() - t0)
+
+
+def embeddings_cache(index_dir: str | Path) -> Path:
+    """Where `index_media` keeps the embeddings of an index's media: `<index folder>.embeddings.parquet` beside it."""
+    index_dir = Path(index_dir)
+    return index_dir.parent / f"{index_dir.name}.embeddings.parquet"
+
+
+def index_media(media: list[str | Path], out: str | Path, *, encoder: str, checkpoint: str | Path | None = None,
+                device: str = "auto", progress: bool = True, **build_options):
+    """Embed audio/video files and folders with `encoder` into the cache shard `embeddings_cache(out)`,
+    then build the index folder `out` from it (`Index.build` with `build_options`).
+
+    A re-run embeds only new or changed files. `device` is torch's for the encoder and FAISS's
+    for the index (auto: a GPU when each sees one). Returns (the index, the ingest report).
+    """
+    from diffgap_search.devices import torch_device
+    from diffgap_search.encoders import load_encoder
+    from diffgap_search.index import Index
+
+    cache = embeddings_cache(out)
+    enc = load_encoder(encoder, device=torch_device(device), checkpoint=checkpoint)
+    report = embed_media(enc, list(media), cache, progress=progress)
+    return Index.build([cache], out, device=device, **build_options), report

@@ -75,6 +75,8 @@ def audio_queries(encoder, paths: Sequence[str | Path]) -> Queries:
     from diffgap_search.encoders import require
 
     require(encoder, "audio", "use a CLAP encoder for audio queries")
+    if encoder.precomputed:  # features made elsewhere, found by file name
+        return Queries(np.concatenate([encoder.lookup(Path(p)) for p in paths]), encoder.space, "audio", [str(p) for p in paths])
     windows = [clip_windows(decode_audio(p, encoder.sample_rate), encoder.sample_rate,
                             window_s=encoder.window_samples / encoder.sample_rate).audio for p in paths]
     embedded = encoder.encode_audio(np.concatenate(windows))  # [all windows, d]
@@ -87,7 +89,7 @@ def video_queries(encoder, paths: Sequence[str | Path]) -> Queries:
     from diffgap_search.video_io import decode_frames
 
     require(encoder, "video", "video queries need a video encoder: hf:openai/clip-vit-base-patch32 or precomputed:FEATURES")
-    if hasattr(encoder, "lookup"):
+    if encoder.precomputed:
         vectors = np.concatenate([encoder.lookup(Path(p)) for p in paths])
     else:
         vectors = encoder.encode_video([decode_frames(p, encoder.num_frames).rgb for p in paths])

@@ -504,3 +504,12 @@ def validate_shard(path: str | Path, *, dim: int | None = None) -> dict:
 
 def write_json_atomic(obj: dict, path: str | Path) -> Path:
     return write_file_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), "w")
+
+
+def read_json(path: str | Path, fix: str):
+    """The JSON value in `path`, or one DiffgapError line naming the file and `fix` (e.g. "rebuild the index")."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffgapError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:160]}); {fix}") from None

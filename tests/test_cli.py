@@ -11,10 +11,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from diffgap_search import __version__
 from diffgap_search.cli import app
 from diffgap_search.storage import write_shard
 
-from conftest import unit_rows
+from conftest import assert_one_error_line, unit_rows
 
 runner = CliRunner()
 
@@ -23,11 +24,13 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", ["build-index", "add", "info", "query", "synthetic"])
+@pytest.mark.parametrize("command", ["build-index", "add", "info", "query", "calibrate", "synthetic", "demo", "train", "translate",
+                                     "embed", "pair", "prepare", "bridge", "generate", "benchmark"])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
-    assert "Example: diffgap-search " + command in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "Example: diffgap-search " in text and f"diffgap-search {command} " in text.partition("Example:")[2]
 
 
 def test_build_info_query_add(shard, tmp_path):
@@ -50,7 +53,7 @@ def test_build_info_query_add(shard, tmp_path):
     result = invoke("query", ix, "--embeddings-file", queries, "--k", 2, "--json")
     hits = [json.loads(line) for line in result.output.splitlines()]
     assert len(hits) == 4
-    assert hits[0]["query"] == 7 and hits[0]["id"] == 103 and hits[0]["rank"] == 0 and hits[0]["path"] == "clips/3.wav"
+    assert hits[0]["query"] == 7 and hits[0]["id"] == 103 and hits[0]["rank"] == 1 and hits[0]["path"] == "clips/3.wav"
     assert hits[2]["query"] == 8 and hits[2]["id"] == 142
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
@@ -111,3 +114,40 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "nan.npy: row 0 contains NaN or inf" in proc.stderr
+
+
+def test_help_shows_the_bracketed_defaults():
+    """Plain help: rich markup would take "[calibrated, else 100]" for a tag and drop it."""
+    result = invoke("query", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "per query [calibrated, else 100]" in text and "[calibrated, else 5]" in text and "[default: 10; x>=1]" in text
+
+
+def test_version_prints_the_version_and_exits_0():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output == f"diffgap-search {__version__}\n"
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["query", "IX", "--k", "0"], ["--k 0", "greater than or equal to 1", "(see diffgap-search query --help)"]),
+    (["query", "IX", "--k", "-1"], ["--k -1", "greater than or equal to 1"]),
+    (["query", "IX", "--k", "abc"], ["--k abc", "integer"]),
+    (["query", "IX", "--device", "gpu"], ["--device gpu", "'auto', 'cpu', 'cuda'"]),
+    (["query", "IX", "--bogus"], ["no such option: --bogus", "(see diffgap-search query --help)"]),
+    (["build-index", "--embeddings", "x.npy"], ["missing option", "--out"]),
+    (["bogus"], ["no such command 'bogus'", "(see diffgap-search --help)"]),
+    (["--bogus"], ["no such option: --bogus"]),
+])
+def test_bad_options_give_one_line_naming_option_and_value(tmp_path, args, fragments):
+    result = invoke(*[tmp_path / "ix" if a == "IX" else a for a in args])
+    assert_one_error_line(result, *fragments)
+    assert "Usage:" not in result.output and "\u256d" not in result.output  # no usage block, no rich box
+
+
+def test_console_script_bad_option_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "diffgap_search.cli", "query", str(tmp_path), "--k", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --k 0: ") and proc.stderr.count("\n") == 1, proc.stderr

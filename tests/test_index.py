@@ -166,7 +166,7 @@ def test_damaged_index_folders_give_clear_errors(shard, tmp_path, damage):
     root = tmp_path / "ix"
     EmbeddingIndex.build([path], root, index_type="flat")
     expected = {
-        "manifest_json": r"manifest\.json: not valid JSON",
+        "manifest_json": r"manifest\.json: not readable JSON",
         "format_version": r"index format version 99, this diffgap-search .* reads version 1",
         "index_file": r"index\.faiss: unreadable FAISS index",
         "missing": r"no such index folder",

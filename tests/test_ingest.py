@@ -62,6 +62,7 @@ def test_a_killed_run_resumes_to_the_same_shard(clap_dir, media, tmp_path):
         def __init__(self, inner, calls):
             self.inner, self.calls = inner, calls
             self.space, self.sample_rate, self.window_samples = inner.space, inner.sample_rate, inner.window_samples
+            self.dim, self.modalities, self.precomputed = inner.dim, inner.modalities, inner.precomputed
 
         def encode_audio(self, windows):
             if self.calls == 0:

@@ -215,7 +215,7 @@ def test_a_damaged_calibration_is_one_clear_error(tiny, tmp_path):
     with pytest.raises(DiffgapError, match=r"calibration.json: .*candidates = 0 .*run `diffgap-search calibrate` again"):
         Engine(flat_index(tmp_path, unit_rows(10, DIM)), Translator.load(model))
     (model / "calibration.json").write_text("{not json")
-    with pytest.raises(DiffgapError, match=r"calibration.json: unreadable calibration"):
+    with pytest.raises(DiffgapError, match=r"calibration.json: not readable JSON .*calibrate` again"):
         load_calibration(model)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +16,7 @@ from diffgap_search.storage import (
     read_embeddings,
     read_npy,
     validate_shard,
+    write_file_atomic,
     write_shard,
 )
 
@@ -185,3 +189,15 @@ def test_streaming_writer_is_atomic(shard):
     after = read_embeddings(shard)
     np.testing.assert_array_equal(after.ids, before.ids[:100])
     np.testing.assert_array_equal(after.vectors, before.vectors[:100])
+
+
+
+def test_write_file_atomic_gives_a_plain_files_mode(tmp_path):
+    """Not mkstemp's 0600: 0644 under umask 022, as open() gives (translate's .npy, *.errors.csv, missing.csv)."""
+    old = os.umask(0o022)
+    try:
+        path = write_file_atomic(tmp_path / "x.npy", lambda fh: np.save(fh, np.arange(3)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert np.load(path).tolist() == [0, 1, 2] and [p.name for p in tmp_path.iterdir()] == ["x.npy"]

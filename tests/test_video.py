@@ -200,5 +200,5 @@ def test_missing_clip_weights_fail_at_once_with_what_to_do(tmp_path, monkeypatch
     r = runner.invoke(app, ["embed", "-E", "hf:openai/clip-vit-base-patch32", "--modality", "video",
                             str(tmp_path), "-o", str(tmp_path / "v.parquet")])
     assert r.exit_code != 0 and "Traceback" not in r.output
-    assert "models--openai--clip-vit-base-patch32" in r.output and "huggingface-cli download" in r.output
+    assert "models--openai--clip-vit-base-patch32" in r.output and "hf download openai/clip-vit-base-patch32" in r.output
     assert time.perf_counter() - t0 < 20  # no network retries

@@ -13,12 +13,12 @@ from pathlib import Path
 from diffgap_search.datasets.audiocaps import read_audiocaps
 from diffgap_search.datasets.clotho import read_clotho
 from diffgap_search.datasets.manifest import Clip, Manifest, match_media
-from diffgap_search.datasets.prepare import EmbeddingSource, MediaSource, PrepareReport, prepare_pairs
+from diffgap_search.datasets.prepare import (QUERY_MODALITY, EmbeddingSource, MediaSource, PrepareReport, prepare_dataset,
+                                             prepare_pairs)
 from diffgap_search.datasets.vggsound import read_vggsound
 from diffgap_search.errors import DiffgapError
 
 READERS = {"audiocaps": read_audiocaps, "clotho": read_clotho, "vggsound": read_vggsound}
-QUERY_MODALITY = {"audiocaps": "text", "clotho": "text", "vggsound": "video"}  # the paper's pairing of each
 
 
 def read_manifest(dataset: str, path: str | Path, *, split: str | None = None) -> Manifest:
@@ -28,5 +28,5 @@ def read_manifest(dataset: str, path: str | Path, *, split: str | None = None) -
     return READERS[dataset](path, split=split)
 
 
-__all__ = ["Clip", "EmbeddingSource", "Manifest", "MediaSource", "PrepareReport", "READERS", "match_media",
-           "prepare_pairs", "read_audiocaps", "read_clotho", "read_manifest", "read_vggsound"]
+__all__ = ["Clip", "EmbeddingSource", "Manifest", "MediaSource", "PrepareReport", "QUERY_MODALITY", "READERS", "match_media",
+           "prepare_dataset", "prepare_pairs", "read_audiocaps", "read_clotho", "read_manifest", "read_vggsound"]

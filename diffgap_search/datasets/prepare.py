@@ -30,16 +30,18 @@ import pyarrow.parquet as pq
 
 from diffgap_search.audio_io import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from diffgap_search.datasets.manifest import Clip, Manifest, match_keys, match_media
+from diffgap_search.encoders.base import Encoder, require
 from diffgap_search.errors import DiffgapError
 from diffgap_search.storage import write_file_atomic
 
 TEXT_COLUMNS = ("caption", "text", "label")
+QUERY_MODALITY = {"audiocaps": "text", "clotho": "text", "vggsound": "video"}  # the paper's pairing of each
 
 
 @dataclass(frozen=True)
 class MediaSource:
     folder: Path
-    encoder: object  # from encoders.load_encoder: encode_audio / encode_text / encode_video, or precomputed lookup
+    encoder: Encoder  # from encoders.load_encoder
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class PrepareReport:
     duplicates: int  # manifest rows repeating a clip
     seconds: float
     left_out: dict[str, int] = field(default_factory=dict)  # side -> clips left out for want of it
+    query_modality: str = "text"
 
     @property
     def missing_clips(self) -> int:
@@ -156,7 +159,82 @@ def prepare_pairs(manifest: Manifest, out: str | Path, *, audio: MediaSource | E
     left_out = {"audio": len(a_side.missing), query_modality: len(q_side.missing)}
     return PrepareReport(out, manifest.dataset, len(clips), paired, len(a_rows), missing, missing_csv,
                          [s.cache for s in (a_side, q_side) if s.cache is not None], manifest.duplicates,
-                         time.perf_counter() - t0, {k: v for k, v in left_out.items() if v})
+                         time.perf_counter() - t0, {k: v for k, v in left_out.items() if v}, query_modality)
+
+
+def prepare_dataset(dataset: str, manifest: str | Path, out: str | Path, *, audio_dir: Path | None = None,
+                    audio_encoder: str | None = None, text_encoder: str | None = None, video_dir: Path | None = None,
+                    video_encoder: str | None = None, audio_embeddings: Path | None = None,
+                    query_embeddings: Path | None = None, checkpoint: Path | None = None, split: str | None = None,
+                    frames: int = 8, batch_size: int = 16, device: str = "auto", progress: bool = True) -> PrepareReport:
+    """`prepare_pairs` for a manifest of `dataset`, from folders and encoder specs or embeddings made before.
+
+    Checks that the sources fit together, chooses the query modality (`query_modality`), loads each
+    encoder once (a CLAP --audio-encoder also embeds the captions) and writes the pairs file `out`.
+    """
+    from diffgap_search.datasets import read_manifest
+    from diffgap_search.devices import torch_device
+    from diffgap_search.encoders import load_encoder
+
+    modality, text_encoder = query_modality(dataset, audio_dir=audio_dir, audio_encoder=audio_encoder,
+                                            text_encoder=text_encoder, video_dir=video_dir, video_encoder=video_encoder,
+                                            audio_embeddings=audio_embeddings, query_embeddings=query_embeddings,
+                                            checkpoint=checkpoint)
+    clips = read_manifest(dataset, manifest, split=split)
+    loaded: dict[str, object] = {}
+
+    def encoder(spec: str, num_frames: int | None = None):
+        if spec not in loaded:
+            loaded[spec] = load_encoder(spec, device=torch_device(device), batch_size=batch_size, num_frames=num_frames,
+                                        checkpoint=checkpoint if spec.startswith("laion-clap:") else None)
+        return loaded[spec]
+
+    audio = MediaSource(audio_dir, encoder(audio_encoder)) if audio_dir else EmbeddingSource(audio_embeddings)
+    if query_embeddings:
+        query = EmbeddingSource(query_embeddings)
+    elif modality == "video":
+        query = MediaSource(video_dir or audio_dir, encoder(video_encoder, num_frames=frames))
+    else:
+        query = MediaSource(audio_dir, encoder(text_encoder))
+    return prepare_pairs(clips, out, audio=audio, query=query, query_modality=modality, progress=progress)
+
+
+def query_modality(dataset: str, *, audio_dir: Path | None, audio_encoder: str | None, text_encoder: str | None,
+                   video_dir: Path | None, video_encoder: str | None, audio_embeddings: Path | None,
+                   query_embeddings: Path | None, checkpoint: Path | None) -> tuple[str, str | None]:
+    """(the queries' modality, their text encoder) for these sources; refuses sources that do not fit together.
+
+    A video encoder makes video queries, a text encoder text queries; query embeddings are of the
+    dataset's own pairing (`QUERY_MODALITY`); with neither, the CLAP audio encoder embeds the captions.
+    """
+    if bool(audio_dir) != bool(audio_encoder):
+        raise DiffgapError("--audio-dir and --audio-encoder go together (the folder and the encoder of its clips)")
+    if bool(audio_dir) == bool(audio_embeddings):
+        raise DiffgapError("give the audio as --audio-dir DIR --audio-encoder SPEC, or as --audio-embeddings FILE "
+                           "(not both and not neither)")
+    if sum(map(bool, (text_encoder, video_encoder, query_embeddings))) > 1:
+        raise DiffgapError("give the queries one way: --text-encoder, --video-encoder or --query-embeddings")
+    if video_dir and not video_encoder:
+        raise DiffgapError("--video-dir needs --video-encoder (e.g. hf:openai/clip-vit-base-patch32)")
+    specs = [s for s in (audio_encoder, text_encoder, video_encoder) if s]
+    if checkpoint and not any(s.startswith("laion-clap:") for s in specs):
+        raise DiffgapError("--checkpoint is the weights file of a laion-clap:... encoder; no encoder here is one")
+    if video_encoder:
+        modality = "video"
+    elif text_encoder:
+        modality = "text"
+    elif query_embeddings:
+        if dataset not in QUERY_MODALITY:
+            raise DiffgapError(f"dataset {dataset!r} is unknown; use one of {', '.join(QUERY_MODALITY)}")
+        modality = QUERY_MODALITY[dataset]
+    elif dataset == "vggsound":
+        raise DiffgapError("VGGSound queries are videos: give --video-encoder (frames of --video-dir, default "
+                           "--audio-dir) or --query-embeddings FILE (e.g. CAVP features); --text-encoder uses the labels")
+    else:
+        modality, text_encoder = "text", audio_encoder  # a CLAP encoder embeds both
+    if modality == "video" and not (video_dir or audio_dir or query_embeddings):
+        raise DiffgapError("--video-encoder needs --video-dir DIR (the videos of the clips)")
+    return modality, text_encoder
 
 
 def cache_path(out: Path, modality: str) -> Path:
@@ -178,12 +256,11 @@ def _media_side(clips: list[Clip], source: MediaSource, out: Path, modality: str
     from diffgap_search.ingest import embed_media
     from diffgap_search.storage import read_embeddings
 
-    precomputed = hasattr(source.encoder, "lookup")
-    extensions = VIDEO_EXTENSIONS if modality == "video" and not precomputed else AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
+    extensions = VIDEO_EXTENSIONS if modality == "video" and not source.encoder.precomputed else AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
     match = match_media(clips, source.folder, extensions)
     missing = dict(match.missing)
     if not match.found:
-        return SideRows(np.zeros((0, 1), np.float32), {}, {}, missing, getattr(source.encoder, "space", None), modality)
+        return SideRows(np.zeros((0, 1), np.float32), {}, {}, missing, source.encoder.space, modality)
     files = sorted({p.resolve() for p in match.found.values()})
     cache = cache_path(out, modality)
     report = embed_media(source.encoder, files, cache, modality=modality, progress=progress)
@@ -222,8 +299,7 @@ def _text_from_encoder(clips: list[Clip], encoder, progress: bool, batch: int = 
     """Encode each distinct caption (or label) once; every clip gets a row per caption."""
     from tqdm.auto import tqdm
 
-    if not hasattr(encoder, "encode_text"):
-        raise DiffgapError(f"encoder {encoder.space!r} does not embed text; captions need a CLAP encoder (--text-encoder)")
+    require(encoder, "text", "captions need a CLAP encoder (--text-encoder hf:laion/clap-htsat-unfused)")
     distinct = list(dict.fromkeys(t for c in clips for t in c.texts))
     vectors = [encoder.encode_text(distinct[i : i + batch])
                for i in tqdm(range(0, len(distinct), batch), desc=f"embedding captions ({encoder.space})", unit="batch",

@@ -1,65 +1,90 @@
 """Encoders: media and text into unit-norm embeddings of a named space.
 
-Every encoder has
-    space   a name for its embedding space (text and audio of one CLAP model share it)
-    dim     the embedding dimension
-and some of
+Every encoder is an `Encoder` (base.py): `space`, `dim`, `modalities` (what it embeds, of
+audio / text / video) and `precomputed`, and has the method of each modality it embeds:
     encode_audio(windows [n, samples] at 48 kHz) -> float32 [n, dim]   (one row per 10 s window)
     encode_text(list of str)                   -> float32 [n, dim]
     encode_video(list of frame stacks)         -> float32 [n, dim]
-all batched, deterministic, and returning unit rows.
+all batched, deterministic, and returning unit rows; a precomputed encoder has `lookup(media file)`.
+`require(encoder, "text")` is the one check that an encoder embeds a modality.
 
-`load_encoder("hf:<model id or folder>")` (a CLAP model: audio and text; a CLIP model:
-video), `load_encoder("laion-clap:HTSAT-tiny", checkpoint="630k-audioset-best.pt")` or
-`load_encoder("precomputed:cavp.parquet")` builds one from its spec; see `SPECS`.
+`load_encoder(spec)` builds one from its spec, `<prefix>:<name>`: the prefix picks an entry of
+`ENCODERS` (hf:, laion-clap:, precomputed:). A new kind of encoder is one module with a
+`from_spec(name, options)` function and one `register` line below.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from diffgap_search.encoders.base import MODALITIES, Encoder, describe, require
 from diffgap_search.errors import DiffgapError
 
-SPECS = {
-    "hf": "transformers CLAP for audio and text (hf:laion/clap-htsat-unfused) or CLIP for video frames "
-          "(hf:openai/clip-vit-base-patch32), or hf:/path/to/folder",
-    "laion-clap": "the laion_clap package with a checkpoint file: laion-clap:HTSAT-tiny, laion-clap:HTSAT-tiny+fusion "
-                  "or laion-clap:HTSAT-base, with --checkpoint 630k-audioset-best.pt",
-    "precomputed": "features computed elsewhere (e.g. CAVP), matched to media files by name: precomputed:feats.parquet "
-                   "or precomputed:feats.npy with its keys in feats.csv",
-}
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """What `load_encoder` passes to every factory besides the name."""
+
+    device: str = "cpu"
+    batch_size: int = 16
+    checkpoint: str | Path | None = None  # the weights file, for kinds that take one
+    num_frames: int | None = None  # frames per clip of a video encoder (None: its default)
 
 
-def load_encoder(spec: str, *, device: str = "cpu", batch_size: int = 16, checkpoint=None, num_frames: int | None = None):
+@dataclass(frozen=True)
+class EncoderKind:
+    prefix: str  # the spec's part before ':'
+    factory: str  # "module:function" with function(name, EncoderOptions) -> Encoder, imported on first use
+    help: str  # what it is, with an example spec
+    takes_checkpoint: bool = False  # whether --checkpoint is its weights file
+
+    def load(self, name: str, options: EncoderOptions) -> Encoder:
+        module, _, function = self.factory.partition(":")
+        make: Callable[[str, EncoderOptions], Encoder] = getattr(importlib.import_module(module), function)
+        return make(name, options)
+
+
+ENCODERS: dict[str, EncoderKind] = {}
+
+
+def register(prefix: str, factory: str, help: str, *, takes_checkpoint: bool = False) -> None:
+    """Make `load_encoder("<prefix>:<name>")` call `factory` ("module:function"), imported lazily."""
+    if prefix in ENCODERS:
+        raise ValueError(f"encoder prefix {prefix!r} is registered already ({ENCODERS[prefix].factory})")
+    ENCODERS[prefix] = EncoderKind(prefix, factory, help, takes_checkpoint)
+
+
+register("hf", "diffgap_search.encoders.hf:from_spec",
+         "transformers CLAP for audio and text (hf:laion/clap-htsat-unfused) or CLIP for video frames "
+         "(hf:openai/clip-vit-base-patch32), or hf:/path/to/folder")
+register("laion-clap", "diffgap_search.encoders.laion:from_spec",
+         "the laion_clap package with a checkpoint file: laion-clap:HTSAT-tiny, laion-clap:HTSAT-tiny+fusion "
+         "or laion-clap:HTSAT-base, with --checkpoint 630k-audioset-best.pt", takes_checkpoint=True)
+register("precomputed", "diffgap_search.encoders.precomputed:from_spec",
+         "features computed elsewhere (e.g. CAVP), matched to media files by name: precomputed:feats.parquet "
+         "or precomputed:feats.npy with its keys in feats.csv")
+
+
+def known_specs() -> str:
+    return "; ".join(f"{kind.prefix}: {kind.help}" for kind in ENCODERS.values())
+
+
+def load_encoder(spec: str, *, device: str = "cpu", batch_size: int = 16, checkpoint=None,
+                 num_frames: int | None = None) -> Encoder:
     """The encoder named by `spec`; `checkpoint` is the weights file of a laion-clap encoder,
     `num_frames` the frames per clip of a video encoder."""
-    kind, _, name = spec.partition(":")
-    if checkpoint is not None and kind != "laion-clap":
-        raise DiffgapError(f"--checkpoint is for laion-clap encoders; {spec} loads its weights from "
-                           + ("its file" if kind == "precomputed" else "the model folder or the Hugging Face cache"))
-    if kind == "hf" and name:
-        from diffgap_search.encoders.common import hf_model_type, load_failure, local_or_hub
+    prefix, _, name = spec.partition(":")
+    kind = ENCODERS.get(prefix)
+    if kind is None or not name:
+        raise DiffgapError(f"encoder {spec!r} is unknown; use one of: {known_specs()}")
+    if checkpoint is not None and not kind.takes_checkpoint:
+        takers = ", ".join(f"{k.prefix}:" for k in ENCODERS.values() if k.takes_checkpoint)
+        raise DiffgapError(f"--checkpoint is for {takers} encoders; {spec} takes no weights file: drop --checkpoint")
+    return kind.load(name, EncoderOptions(device, batch_size, checkpoint, num_frames))
 
-        model_type = hf_model_type(name)
-        if model_type is None:
-            raise load_failure(name, local_or_hub(name)[1], FileNotFoundError("no config.json"), "model")
-        if model_type not in ("clap", "clip", "clip_vision_model"):
-            raise DiffgapError(f"hf:{name} is a {model_type!r} model; hf: encoders are CLAP (audio and text) or CLIP (video)")
-        if model_type != "clap":
-            from diffgap_search.encoders.hf_clip import HFClipVideoEncoder
 
-            extra = {} if num_frames is None else {"num_frames": num_frames}
-            return HFClipVideoEncoder(name, device=device, batch_size=batch_size, **extra)
-        from diffgap_search.encoders.hf_clap import HFClapEncoder
-
-        return HFClapEncoder(name, device=device, batch_size=batch_size)
-    if kind == "precomputed" and name:
-        from diffgap_search.encoders.precomputed import PrecomputedEncoder
-
-        return PrecomputedEncoder(name)
-    if kind == "laion-clap" and name:
-        from diffgap_search.encoders.laion import LaionClapEncoder, parse_spec
-
-        amodel, fusion = parse_spec(name)
-        return LaionClapEncoder(amodel, fusion=fusion, checkpoint=checkpoint, device=device, batch_size=batch_size)
-    raise DiffgapError(
-        f"encoder {spec!r} is unknown; use one of: " + "; ".join(f"{k}: {v}" for k, v in SPECS.items())
-    )
+__all__ = ["ENCODERS", "MODALITIES", "Encoder", "EncoderKind", "EncoderOptions", "describe", "known_specs",
+           "load_encoder", "register", "require"]

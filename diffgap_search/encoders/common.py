@@ -47,10 +47,9 @@ def model_identity(name: str, folder: Path | None) -> str:
 
 def load_failure(name: str, folder: Path | None, exc: Exception, what: str) -> DiffgapError:
     where = f"folder {folder}" if folder is not None else f"the Hugging Face cache (HF_HOME) under models--{name.replace('/', '--')}"
-    return DiffgapError(
-        f"cannot load {what} {name!r} from {where} ({str(exc).splitlines()[0][:160]}); "
-        "download it once where there is network (huggingface-cli download NAME) or pass hf:/path/to/folder"
-    )
+    fix = (f"check that {folder} holds the model's config.json and weights" if folder is not None
+           else f"download it once where there is network (hf download {name}) or pass hf:/path/to/folder")
+    return DiffgapError(f"cannot load {what} {name!r} from {where} ({str(exc).splitlines()[0][:160]}); {fix}")
 
 
 def hf_model_type(name: str) -> str | None:

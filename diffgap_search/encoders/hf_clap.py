@@ -18,6 +18,9 @@ from diffgap_search.errors import DiffgapError
 
 
 class HFClapEncoder:
+    modalities = frozenset({"audio", "text"})
+    precomputed = False
+
     def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 16):
         from transformers import ClapModel, ClapProcessor
 

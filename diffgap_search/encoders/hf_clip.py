@@ -35,7 +35,8 @@ def _entry(value, key: str, default: int) -> int:
 
 
 class HFClipVideoEncoder:
-    modality = "video"
+    modalities = frozenset({"video"})
+    precomputed = False
 
     def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 16, num_frames: int = NUM_FRAMES):
         from transformers import CLIPVisionModelWithProjection

@@ -157,11 +157,21 @@ def _missing_text_model(exc: Exception | None = None) -> DiffgapError:
     return DiffgapError(
         f"laion-clap needs the {TEXT_MODEL} model and tokenizer in the Hugging Face cache (HF_HOME, now "
         f"{constants.HF_HUB_CACHE}/models--{TEXT_MODEL}){why}; download it once where there is network "
-        f"(huggingface-cli download {TEXT_MODEL}) and point HF_HOME at that cache, or set HF_HUB_OFFLINE=0 to let it download"
+        f"(hf download {TEXT_MODEL}) and point HF_HOME at that cache, or set HF_HUB_OFFLINE=0 to let it download"
     )
 
 
+def from_spec(name: str, options) -> LaionClapEncoder:
+    """The encoder of laion-clap:`name` (`options`: an encoders.EncoderOptions)."""
+    amodel, fusion = parse_spec(name)
+    return LaionClapEncoder(amodel, fusion=fusion, checkpoint=options.checkpoint, device=options.device,
+                            batch_size=options.batch_size)
+
+
 class LaionClapEncoder:
+    modalities = frozenset({"audio", "text"})
+    precomputed = False
+
     def __init__(self, amodel: str = "HTSAT-tiny", *, fusion: bool = False, checkpoint: str | Path | None = None,
                  device: str = "cpu", batch_size: int = 16):
         models = audio_models()

@@ -7,7 +7,9 @@ its path, its file name or its file name without extension. `embed` then writes,
 media file, the row of its features, so precomputed video features line up with the audio
 embeddings of the same files (`diffgap-search pair`).
 
-The space is the shard's own `diffgap.space` when it names one, else `features:<FILE stem>`.
+The space is the shard's own `diffgap.space` when it names one, else `features:<FILE stem>`. Its
+`modalities` are what the features are of: the modality asked for, else the shard's own
+`diffgap.modality`; a `.npy` does not say, and its features are taken for audio or video files.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from diffgap_search.errors import DiffgapError
 KEY_COLUMNS = ("key", "path", "file_name", "filename", "file", "video_id", "ytid", "youtube_id", "id")
 
 
+def from_spec(name: str, options) -> PrecomputedEncoder:
+    """The encoder of precomputed:`name` (`options`: an encoders.EncoderOptions; nothing in them applies)."""
+    return PrecomputedEncoder(name)
+
+
 class PrecomputedEncoder:
-    def __init__(self, name: str, *, modality: str = "video"):
+    precomputed = True
+
+    def __init__(self, name: str, *, modality: str | None = None):
         from diffgap_search.storage import read_embeddings, read_npy
 
         path = Path(name).expanduser()
@@ -35,10 +44,10 @@ class PrecomputedEncoder:
                 raise DiffgapError(f"{path}: a .npy of features needs its keys beside it in {path.with_suffix('.csv').name} "
                                    f"(a column named one of {', '.join(KEY_COLUMNS)}, one row per vector)")
             emb = read_npy(path, metadata=keys_file)
-            space = None
+            space = own_modality = None
         else:
             emb = read_embeddings(path)
-            space = emb.space
+            space, own_modality = emb.space, emb.modality
         table = emb.metadata
         column = next((c for c in KEY_COLUMNS if c in table.column_names), None)
         if column is None and emb.has_ids:
@@ -55,7 +64,9 @@ class PrecomputedEncoder:
         self.vectors = emb.vectors
         self.dim = int(self.vectors.shape[1])
         self.space = space or f"features:{path.stem}"
-        self.modality = modality
+        self.modality = modality or own_modality  # None: not known
+        # what `lookup` embeds: media files, by name; text features (a caption's) have no file to be found by
+        self.modalities = frozenset({self.modality} - {"text"}) if self.modality else frozenset({"audio", "video"})
         self.path = path
 
     def row_of(self, media: str | Path) -> int | None:

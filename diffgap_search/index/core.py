@@ -19,7 +19,6 @@ tuning live in `kinds.py`; inputs and the id rule in `inputs.py`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -38,7 +37,8 @@ from diffgap_search.atomic import replace_dir, restore_interrupted_swap, scratch
 from diffgap_search.errors import DiffgapError
 from diffgap_search.index.inputs import assign_ids, common_modality, common_space, read_inputs
 from diffgap_search.index.kinds import KINDS, TUNE_K, IndexPlan, parse_bytes, plan_index, set_search_params, tuning_queries
-from diffgap_search.storage import EMBEDDING, ID, Embeddings, check_vectors, embeddings_table, read_embeddings, write_json_atomic, write_table_atomic
+from diffgap_search.storage import (EMBEDDING, ID, Embeddings, check_vectors, embeddings_table, read_embeddings, read_json,
+                                    write_json_atomic, write_table_atomic)
 
 FORMAT_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -374,10 +374,7 @@ def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     if not path.exists():
         raise DiffgapError(f"{root}: not an index folder (no {MANIFEST}); build one with `diffgap-search build-index`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DiffgapError(f"{path}: not valid JSON ({exc}); rebuild the index") from None
+    manifest = read_json(path, "rebuild the index")
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise DiffgapError(

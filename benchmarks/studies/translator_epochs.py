@@ -6,7 +6,7 @@ epoch measures text->audio R@1 on the 10,000 test queries (gallery 10,000 clips)
 settings, beside the validation loss and the training log's validation R@1. It shows whether
 retrieval improves as the denoising objective does.
 
-    python benchmarks/translator_epochs.py --epochs 4
+    python benchmarks/studies/translator_epochs.py --epochs 4
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the measuring scripts
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 from translation_quality import evaluate, folds  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     try:
         for epoch in range(1, args.epochs + 1):
             t0 = time.perf_counter()
-            translator = train(train_pairs, work / "m", TrainConfig(epochs=epoch, val_fraction=0.1, keep_best=False, contrastive_weight=0.0),
+            translator = train(train_pairs, work / "m", TrainConfig(epochs=epoch, val_fraction=0.1, keep_best=False, contrastive_weight=0.0, interval=5000),
                                resume=epoch > 1, progress=False, log=lambda s: None)
             log = json.loads((work / "m" / "log.jsonl").read_text().splitlines()[-1])
             row = {"epoch": epoch, "steps": translator.config.training["steps"],
@@ -65,9 +65,9 @@ def main() -> None:
 
     text = f"""# Translator: retrieval against denoising loss, epoch by epoch (synthetic-100k)
 
-`python benchmarks/translator_epochs.py --epochs {args.epochs}`
+`python benchmarks/studies/translator_epochs.py --epochs {args.epochs}`
 
-The default translator with the paper's loss (`TrainConfig(contrastive_weight=0)`: x0 prediction, Adam 2e-4,
+The default translator with the paper's loss (`TrainConfig(contrastive_weight=0, interval=5000)`: x0 prediction, Adam 2e-4,
 batch 64, m = 5000, direct condition path) trained on synthetic-100k's 90,000 non-test pairs (the file's val split, 10,000 pairs, for the
 log), one epoch at a time with exact resume; after each epoch, text->audio R@1 of the 10,000 test
 queries among 10,000 clips (exact search). Ridge regression (lambda {lam:g} chosen on val): R@1

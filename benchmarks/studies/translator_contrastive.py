@@ -11,8 +11,8 @@ and after the listed epochs measures query->audio R@1 on the test set at a few s
   xmodel          ../shared/data/xmodel: train on clotho_dev, 4,180 queries among clotho_eval's
                   1,045 clips; interval 1000
 
-    python benchmarks/translator_contrastive.py                       # ~30 min on 2 CPU cores
-    python benchmarks/translator_contrastive.py --device cuda --out benchmarks/results/translator_contrastive_cuda.md
+    python benchmarks/studies/translator_contrastive.py                       # ~30 min on 2 CPU cores
+    python benchmarks/studies/translator_contrastive.py --device cuda --out benchmarks/results/translator_contrastive_cuda.md
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the measuring scripts
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 
 from diffgap_search.baselines import fit_ridge  # noqa: E402
@@ -37,7 +37,7 @@ from diffgap_search.metrics import recall_at, target_ranks  # noqa: E402
 from diffgap_search.pairs import Pairs, read_pairs, split_train_val  # noqa: E402
 from diffgap_search.synthetic import GapConfig, make_pairs, split_of  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SETTINGS = [(1, 1, 1.0), (5, 1, 1.0), (5, 4, 2.0), (5, 4, 4.0)]  # (S, K, w)
 
 
@@ -102,14 +102,14 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    command = "python benchmarks/translator_contrastive.py" + "".join(
+    command = "python benchmarks/studies/translator_contrastive.py" + "".join(
         f" --{k} {v}" for k, v in (("datasets", args.datasets), ("weights", args.weights), ("device", args.device)))
     text = f"""# Translator: the contrastive (InfoNCE) term, weight by weight
 
 `{command} --epochs "{args.epochs}"`
 
 The default translator (x0 prediction, Adam 2e-4, batch 64; keep-best off) trained with the loss
-MSE + lambda x InfoNCE(x0_hat, batch targets; temperature 0.1) (`diffusion/train.py: step_loss`);
+MSE + lambda x InfoNCE(x0_hat, batch targets; temperature 0.1) (`diffusion/loss.py: step_loss`);
 lambda = 0 is the paper's pure denoising loss. After the listed epochs: query->audio R@1 on the
 test set at S steps, K samples, guidance w (seed 0). Ridge regression beside it (lambda chosen on a
 validation split). "s" is the time since the start of that weight's run, evaluation included.

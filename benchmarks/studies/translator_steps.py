@@ -13,7 +13,7 @@ w = 1 and at K = 4, w = 4 (what keep-best ranks steps by, since this run), and r
   synthetic-100k  90,000 to train, 10,000 test queries among 10,000 clips
   xmodel          ../shared/data/xmodel: clotho_dev -> clotho_eval (4,180 queries, 1,045 clips)
 
-    python benchmarks/translator_steps.py --runs "synthetic-10k:1000,100;synthetic-100k:100"   # ~15 min on 2 cores
+    python benchmarks/studies/translator_steps.py --runs "synthetic-10k:1000,100;synthetic-100k:100"   # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the measuring scripts
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 from translation_quality import evaluate, folds  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
 
     text = f"""# Translator: query->audio R@1 step by step, by direction interval m
 
-`python benchmarks/translator_steps.py --runs "{args.runs}"`
+`python benchmarks/studies/translator_steps.py --runs "{args.runs}"`
 
 The default translator (`TrainConfig()`: x0 prediction, MSE + 0.3 x InfoNCE, Adam 2e-4, batch 64,
 EMA 0.999; keep-best off) trained with the direction flipping every m steps, stopped at each listed

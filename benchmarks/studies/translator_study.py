@@ -9,7 +9,7 @@ Each variant's numbers are stored in benchmarks/results/translator_study.json as
 finishes (runs may be split: `--variants eps`), and the Markdown table is rebuilt
 from all stored variants.
 
-    python benchmarks/translator_study.py --variants base,film-only,eps,v,interval1000
+    python benchmarks/studies/translator_study.py --variants base,film-only,eps,v,interval1000
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the measuring scripts
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 
 from diffgap_search.baselines import fit_ridge  # noqa: E402
@@ -35,8 +35,8 @@ from diffgap_search.diffusion.train import TrainConfig, train  # noqa: E402
 from diffgap_search.metrics import recall_at, target_ranks  # noqa: E402
 from diffgap_search.pairs import read_pairs, split_train_val  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xmodel"
-BASE = TrainConfig(epochs=30, val_fraction=0.1)  # the paper's settings: Adam 2e-4, batch 64, m = 5000
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xmodel"
+BASE = TrainConfig(epochs=30, val_fraction=0.1, interval=5000)  # the paper's settings: Adam 2e-4, batch 64, m = 5000
 VARIANTS = {
     "base": ("x0 (sample) prediction, paper settings, direct condition path, best epoch kept", BASE),
     "no-cond-input": ("as base, without the direct condition path and keeping the last epoch (the first design)",
@@ -106,7 +106,7 @@ def main() -> None:
     ridge = record["ridge"]
     text = f"""# Translator study: prediction target, schedule, learning rate, BST interval, sampling
 
-`python benchmarks/translator_study.py --variants {args.variants}` (variants may be run in several
+`python benchmarks/studies/translator_study.py --variants {args.variants}` (variants may be run in several
 invocations; the table holds every variant stored in `translator_study.json`).
 
 xmodel: train on clotho_dev (10% of clips held out for validation), text->clip retrieval among
