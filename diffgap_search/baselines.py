@@ -210,6 +210,21 @@ def fit_mlp(a: np.ndarray, b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray, 
 # ---------------------------------------------------------------------------
 
 
+def direct_loss(run, x0: torch.Tensor, cond: torch.Tensor, direction: int, rows: torch.Tensor) -> torch.Tensor:
+    """The translator's loss at t = T - 1 with x_t = 0, no condition dropout: MSE in normalized space to the clean
+    target regressed from the condition alone, + contrastive_weight x InfoNCE (captions of one clip share its audio)."""
+    from diffgap_search.diffusion.loss import info_nce
+
+    cfg = run.config
+    t = torch.full((len(x0),), cfg.schedule.train_timesteps - 1, device=x0.device)
+    pred = run.model(torch.zeros_like(x0), t, cond, direction)  # [m, d_target]
+    loss = torch.nn.functional.mse_loss(pred, x0)
+    if cfg.contrastive_weight > 0:
+        keep = torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+        loss = loss + cfg.contrastive_weight * info_nce(pred, x0, keep, cfg.contrastive_temperature, run.groups[direction][rows])
+    return loss
+
+
 class DirectDenoiser:
     """The DiffGAP denoiser trained as a deterministic mapper: "CDM off" of the paper's Table VII.
 
@@ -229,66 +244,33 @@ class DirectDenoiser:
         self.config = config  # a diffusion.train.TrainConfig
 
     def fit(self, pairs, log=lambda s: None) -> "DirectDenoiser":
-        from dataclasses import asdict as _asdict
-
-        from diffgap_search.diffusion.network import Denoiser, NetworkConfig
-        from diffgap_search.diffusion.normalize import SpaceNorm
-        from diffgap_search.diffusion.train import both_directions_trained, direction_at, info_nce
+        from diffgap_search.diffusion.train import TrainingRun, both_directions_trained
         from diffgap_search.metrics import target_ranks
         from diffgap_search.pairs import split_train_val
 
         cfg = self.config
         train, val = split_train_val(pairs, cfg.val_fraction, cfg.seed)
-        torch.manual_seed(cfg.seed)
-        net = Denoiser(NetworkConfig(**{**_asdict(cfg.network), "dim_a": train.dim_a, "dim_b": train.dim_b}))
-        self.network = Denoiser(net.config).requires_grad_(False)
-        self.network.load_state_dict(net.state_dict())
-        self.norms = (SpaceNorm(train.dim_a).fit(torch.from_numpy(np.array(train.a))),
-                      SpaceNorm(train.dim_b).fit(torch.from_numpy(np.array(train.b))))
-        x = (self.norms[0](torch.from_numpy(np.array(train.a))), self.norms[1](torch.from_numpy(np.array(train.b))))
+        run = TrainingRun(cfg, train, loss=direct_loss)  # training's loop, this loss
+        self.network, self.norms = run.ema, (run.norm_a, run.norm_b)
         self.t_last = cfg.schedule.train_timesteps - 1
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-        n = len(train)
-        per_epoch = -(-n // cfg.batch_size)
-        total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
-        groups_a = torch.as_tensor(train.group)
-        best, step = None, 0
-        while step < total:
-            epoch = step // per_epoch
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            for idx in order.split(cfg.batch_size):
-                if step >= total:
-                    break
-                d = direction_at(step, cfg.interval, cfg.bidirectional)
-                x0, cond = (x[0][idx], x[1][idx]) if d == 0 else (x[1][idx], x[0][idx])
-                pred = net(torch.zeros_like(x0), torch.full((len(idx),), self.t_last), cond, d)  # [m, d_target]
-                loss = torch.nn.functional.mse_loss(pred, x0)  # the training loss of the translator, at t = T-1
-                if cfg.contrastive_weight > 0:
-                    keep = torch.ones(len(idx), dtype=torch.bool)
-                    groups = groups_a[idx] if d == 0 else None  # as in training: captions of one clip share its audio
-                    loss = loss + cfg.contrastive_weight * info_nce(pred, x0, keep, cfg.contrastive_temperature, groups)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    torch._foreach_lerp_(list(self.network.parameters()), list(net.parameters()), 1 - decay)
-                step += 1
-                # validate where training does: every epoch's end and every val_every steps
-                if val is not None and cfg.keep_best and (step % per_epoch == 0 or step == total
-                                                          or (cfg.val_every and step % cfg.val_every == 0)):
-                    gallery, target = val.gallery()
-                    rows = np.arange(min(len(val), cfg.val_queries))
-                    r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
-                    key = (both_directions_trained(step, total, cfg), r1)  # as in training: none before the first flip
-                    if best is None or key > best[0]:
-                        best = (key, epoch + 1, {k: v.clone() for k, v in self.network.state_dict().items()}, step)
+        best = None
+
+        def on_validation(epoch: int, _train_loss: float) -> None:  # where training validates
+            nonlocal best
+            if val is None or not cfg.keep_best:
+                return
+            gallery, target = val.gallery()
+            rows = np.arange(min(len(val), cfg.val_queries))
+            r1 = float((target_ranks(self.translate(val.b[rows]), gallery, target[rows]) < 1).mean())
+            key = (both_directions_trained(run.step, cfg), r1)  # as in training: an under-trained direction loses
+            if best is None or key > best[0]:
+                best = (key, epoch, {k: v.clone() for k, v in self.network.state_dict().items()}, run.step)
+
+        run.fit(on_validation=on_validation)
         if best is not None:
             self.network.load_state_dict(best[2])
         self.epoch = best[1] if best is not None else cfg.epochs
-        self.steps = best[3] if best is not None else step  # steps of the kept weights
+        self.steps = best[3] if best is not None else run.step  # steps of the kept weights
         return self
 
     def dims(self, direction) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from diffgap_search.cli import app
 from diffgap_search.diffusion.train import TrainConfig, load_recipe
 from diffgap_search.diffusion.translator import Translator
+from diffgap_search.errors import DiffgapError
 from diffgap_search.pairs import write_pairs
 from diffgap_search.storage import read_embeddings, write_shard
 from diffgap_search.synthetic import GapConfig, make_pairs
@@ -63,6 +65,24 @@ def test_every_recipe_loads():
     for path in recipes:
         config = TrainConfig.from_dict(load_recipe(path), str(path))
         assert config.epochs >= 1 and config.batch_size >= 1, path
+    # the paper's settings moved to paper-*.json; the old names extend them, so old commands train the same
+    for old, new in (("audiocaps.json", "paper-audiocaps.json"), ("vggsound.json", "paper-vggsound.json")):
+        paper = TrainConfig.from_dict(load_recipe(REPO / "training" / new))
+        assert TrainConfig.from_dict(load_recipe(REPO / "training" / old)) == paper
+        assert (paper.interval, paper.contrastive_weight) == (5000, 0.0)
+    assert TrainConfig().interval == 100  # the default is what measured best for retrieval, not the paper's m
+
+
+def test_a_recipe_may_extend_another(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps({"epochs": 7, "lr": 0.001, "description": "base"}))
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "base.json", "lr": 0.002}))
+    assert load_recipe(tmp_path / "child.json") == {"epochs": 7, "lr": 0.002, "description": "base"}
+    (tmp_path / "self.json").write_text(json.dumps({"extends": "self.json"}))
+    (tmp_path / "ping.json").write_text(json.dumps({"extends": "pong.json"}))
+    (tmp_path / "pong.json").write_text(json.dumps({"extends": "ping.json"}))
+    for name in ("self.json", "ping.json"):
+        with pytest.raises(DiffgapError, match="extends"):
+            load_recipe(tmp_path / name)
 
 
 def test_train_writes_the_model_and_reports_its_parameters(work):
@@ -133,7 +153,35 @@ def test_translate_to_parquet_and_npy(work, tmp_path):
     assert result.exit_code == 0, (result.output, result.stderr)
     x = np.load(npy)
     assert x.shape == (10, DIM_A) and x.dtype == np.float32
+    umask = os.umask(0)
+    os.umask(umask)
+    assert npy.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain file's mode, not mkstemp's 0600
     np.testing.assert_allclose(x, emb.vectors, atol=1e-6)  # same seed, same translation
+
+
+def test_translate_defaults_to_the_sampling_the_translator_stored(work, tmp_path):
+    """Without --steps/--samples/--guidance, translate uses the S, K, w that train validated at and stored."""
+    translator = Translator.load(work["model"])
+    stored = json.loads((work["model"] / "config.json").read_text())["sampling"]
+    assert stored == {"steps": 5, "samples": 4, "guidance": 4.0} == vars(translator.sampling)
+    default, explicit, plain = tmp_path / "default.npy", tmp_path / "explicit.npy", tmp_path / "plain.npy"
+    result = invoke("translate", "--model", work["model"], "--input", work["queries"], "--out", default)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert "S=5, K=4, w=4)" in result.output
+    for out, options in ((explicit, ["--steps", 5, "--samples", 4, "--guidance", 4]), (plain, ["--samples", 1, "--guidance", 1])):
+        result = invoke("translate", "--model", work["model"], "--input", work["queries"], "--out", out, *options)
+        assert result.exit_code == 0, (result.output, result.stderr)
+    assert np.array_equal(np.load(default), np.load(explicit))
+    assert not np.allclose(np.load(default), np.load(plain))  # the options are not ignored
+
+
+def test_train_refuses_pairs_without_training_rows(work, tmp_path):
+    """A file from `prepare --split val` (every row split == val) is refused in one line naming the split counts."""
+    chunk = work["chunk"]
+    only_val = write_pairs(tmp_path / "val_pairs.parquet", chunk.a[:50], chunk.b[:50], split=["val"] * 50)
+    result = invoke("train", "--pairs", only_val, "--out", tmp_path / "m", "--recipe", TINY)
+    assert_one_error_line(result, "val_pairs.parquet: no training rows (split counts: val 50)", "prepare --split train")
+    assert not (tmp_path / "m").exists()
 
 
 def test_bad_input_gives_one_error_line_and_exit_2(work, tmp_path):
@@ -151,7 +199,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(work, tmp_path):
     cases = [
         ("wrong dim", ["translate", "--model", model, "--input", wrong_dim, "--out", out_npy], ["dim is 24, expected 16"]),
         ("missing model", ["translate", "--model", tmp_path / "nowhere", "--input", queries, "--out", out_npy], ["missing"]),
-        ("damaged config", ["translate", "--model", damaged, "--input", queries, "--out", out_npy], ["config.json", "not valid JSON"]),
+        ("damaged config", ["translate", "--model", damaged, "--input", queries, "--out", out_npy], ["config.json", "not readable JSON"]),
         ("txt out", ["translate", "--model", model, "--input", queries, "--out", tmp_path / "x.txt"], [".parquet or .npy"]),
         ("missing pairs", ["train", "--pairs", tmp_path / "nope.parquet", "--out", tmp_path / "m1", "--recipe", TINY], ["no such pairs file"]),
         ("no column b", ["train", "--pairs", only_a, "--out", tmp_path / "m2", "--recipe", TINY], ["missing column 'b'"]),

@@ -11,8 +11,8 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
 from diffgap_search.diffusion.network import NetworkConfig
-from diffgap_search.diffusion.train import TrainConfig, both_directions_trained, direction_at, train
-from diffgap_search.diffusion.translator import Translator
+from diffgap_search.diffusion.train import TrainConfig, both_directions_trained, direction_at, direction_steps, train
+from diffgap_search.diffusion.translator import Sampling, Translator
 from diffgap_search.errors import DiffgapError
 from diffgap_search.pairs import read_pairs, write_pairs
 from diffgap_search.synthetic import GapConfig, make_pairs
@@ -60,7 +60,7 @@ def test_sampling_loop_equals_diffusers_ddim_steps(trained, eta, prediction_type
     tr.config.schedule = replace(tr.config.schedule, prediction_type=prediction_type)
     q = torch.from_numpy(make_pairs(5, GapConfig(dim_a=24, dim_b=16), seed=9).b)
     steps, w = 3, 2.5
-    ours = tr.translate(q, "to-audio", steps=steps, guidance=w, eta=eta, generator=torch.Generator().manual_seed(4))
+    ours = tr.translate(q, "to-audio", steps=steps, samples=1, guidance=w, eta=eta, generator=torch.Generator().manual_seed(4))
 
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True,
@@ -111,7 +111,7 @@ def test_start_step_needs_equal_dims_and_small_start_stays_close(tmp_path):
     tr = train(path, tmp_path / "m", tiny_config(epochs=1), progress=False, log=lambda s: None)
     tr = randomized(tr, seed=5)
     x = torch.from_numpy(p.b[:6])
-    ours = tr.translate(x, start_step=400, steps=5, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    ours = tr.translate(x, start_step=400, steps=5, samples=1, guidance=1.0, generator=torch.Generator().manual_seed(0))
     # by hand: noise the source (in the target space's normalization) to t=399, then DDIM 399 -> 199 -> clean
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           prediction_type=tr.config.schedule.prediction_type, clip_sample=False,
@@ -185,25 +185,107 @@ def test_no_bidirectional_trains_only_to_audio(pairs_file, tmp_path):
         tr.translate(np.ones((1, 24), np.float32), "from-audio")
 
 
+def test_direction_steps_counts_algorithm_1_and_both_trained_needs_a_quarter_share():
+    for steps, m in [(0, 7), (6, 7), (7, 7), (13, 7), (14, 7), (40, 7), (5160, 5000), (12345, 100)]:
+        back = sum(direction_at(s, m) for s in range(steps))
+        assert direction_steps(steps, m) == {"to-audio": steps - back, "from-audio": back}
+        assert direction_steps(steps, m, bidirectional=False) == {"to-audio": steps, "from-audio": 0}
+    # the issue's run: 2 epochs of clotho_dev with m = 5000 gave the from-audio direction 160 of 5,160 steps
+    assert direction_steps(5160, 5000) == {"to-audio": 5000, "from-audio": 160}
+    assert not both_directions_trained(5160, TrainConfig(interval=5000))
+    # from-audio reaches 25% of to-audio's steps at 1.25 m, and never falls below it again
+    assert [both_directions_trained(s, TrainConfig(interval=100)) for s in (100, 124, 125, 200, 250, 301, 10_000)] == \
+        [False, False, True, True, True, True, True]
+    assert not both_directions_trained(10_000, TrainConfig(interval=100, bidirectional=False))  # one direction only
+
+
 @pytest.mark.parametrize("val_every, steps", [(0, [18, 36, 54, 72]),
                                               (10, [10, 18, 20, 30, 36, 40, 50, 54, 60, 70, 72])])
 def test_keep_best_only_keeps_steps_where_both_directions_trained(pairs_file, tmp_path, val_every, steps):
-    # 570 training pairs, batch 32: 18 steps per epoch; the first flip is at step 30, so a validation
-    # at step <= 30 has an untrained from-audio direction and may not be kept once a later one exists.
-    # Validations: every epoch's end, and every val_every steps.
+    # 570 training pairs, batch 32: 18 steps per epoch; the first flip is at step 30 and the from-audio direction
+    # has a quarter of the to-audio one's 30 steps at step 38, so a validation at step <= 37 has an under-trained
+    # from-audio direction and may not be kept once a later one exists. Validations: every epoch's end, and every
+    # val_every steps.
     train(pairs_file, tmp_path / "m", tiny_config(epochs=4, interval=30, val_every=val_every), progress=False,
           log=lambda s: None)
     log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == steps
-    assert [r["both_directions_trained"] for r in log] == [s > 30 for s in steps]
+    assert [r["both_directions_trained"] for r in log] == [s >= 38 for s in steps]
     assert [r["epoch"] for r in log] == [(s - 1) // 18 + 1 for s in steps]
     expected = max(log, key=lambda r: (r["both_directions_trained"], r["val_R@1"], -r["val_loss_to-audio"]))
     kept = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
-    assert kept["epoch"]["step"] == kept["steps"] == expected["step"] and kept["steps"] > 30
-    # a run that never reaches the first flip (warned about) keeps its best epoch among all
-    assert both_directions_trained(18, 72, tiny_config(interval=1000))
-    assert not both_directions_trained(18, 72, tiny_config(interval=30))
-    assert both_directions_trained(18, 72, tiny_config(interval=30, bidirectional=False))
+    assert kept["epoch"]["step"] == kept["steps"] == expected["step"] and kept["steps"] >= 38
+    assert kept["direction_steps"] == {"to-audio": kept["steps"] - min(30, kept["steps"] - 30), "from-audio": min(30, kept["steps"] - 30)}
+
+
+def test_a_run_too_short_for_the_reverse_direction_is_flagged(pairs_file, tmp_path):
+    """The flag in log.csv and the translator's direction counts tell an under-trained direction (issue 13)."""
+    lines = []
+    tr = train(pairs_file, tmp_path / "m", tiny_config(epochs=1, interval=15), progress=False, log=lines.append)  # 18 steps
+    assert any("warning: the direction flips every 15 steps and this run has 18" in line for line in lines)
+    log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["both_directions_trained"]) for r in log] == [(18, False)]
+    assert tr.direction_steps == {"to-audio": 15, "from-audio": 3}
+    assert tr.undertrained("to-audio") is None
+    reason = tr.undertrained("from-audio")
+    assert reason.startswith("its from-audio direction trained 3 of 18 steps") and "--interval" in reason
+    assert "\n" not in reason
+    assert Translator.load(tmp_path / "m").undertrained(1) == reason
+
+    enough = train(pairs_file, tmp_path / "ok", tiny_config(epochs=1, interval=5), progress=False, log=lambda s: None)
+    assert enough.direction_steps == {"to-audio": 10, "from-audio": 8}
+    assert enough.undertrained("to-audio") is None and enough.undertrained("from-audio") is None
+    one_way = train(pairs_file, tmp_path / "one", tiny_config(max_steps=5, bidirectional=False), progress=False, log=lambda s: None)
+    assert one_way.direction_steps == {"to-audio": 5, "from-audio": 0}
+    assert "no-bidirectional" in one_way.undertrained("from-audio") and one_way.undertrained("to-audio") is None
+
+
+def test_checkpoints_without_the_new_sections_still_say_what_they_can(trained, tmp_path):
+    """Translators written before `sampling` and `direction_steps` existed: both are recovered from the training section."""
+    import shutil
+
+    out, tr = trained
+    assert tr.sampling == Sampling(2, 4, 4.0)  # tiny_config: val_steps 2, TrainConfig's val_samples 4, val_guidance 4
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    raw = json.loads((old / "config.json").read_text())
+    del raw["sampling"], raw["training"]["direction_steps"]
+    (old / "config.json").write_text(json.dumps(raw))
+    again = Translator.load(old)
+    assert again.sampling == tr.sampling and again.direction_steps == tr.direction_steps
+    for key in ("val_samples", "steps"):
+        del raw["training"][key]
+    (old / "config.json").write_text(json.dumps(raw))
+    bare = Translator.load(old)
+    assert bare.sampling == Sampling() == Sampling(5, 4, 4.0) and bare.direction_steps is None and bare.undertrained(1) is None
+    raw["sampling"] = {"steps": 0, "samples": 1, "guidance": 1.0}
+    (old / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(DiffgapError, match=r"config.json: malformed translator config .*sampling.steps = 0"):
+        Translator.load(old)
+
+
+def test_translate_defaults_to_the_sampling_validation_used(trained):
+    """S, K, w not given are the ones train validated at, which config.json stores."""
+    out, tr = trained
+    stored = json.loads((out / "config.json").read_text())["sampling"]
+    assert stored == {"steps": 2, "samples": 4, "guidance": 4.0}
+    q = make_pairs(6, GapConfig(dim_a=24, dim_b=16), seed=3).b
+    default = tr.translate(q, generator=torch.Generator().manual_seed(1))
+    explicit = tr.translate(q, steps=2, samples=4, guidance=4.0, generator=torch.Generator().manual_seed(1))
+    plain = tr.translate(q, steps=2, samples=1, guidance=1.0, generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(default, explicit) and not np.allclose(default, plain)
+    assert np.array_equal(tr.translate(q, samples=1, generator=torch.Generator().manual_seed(1)),
+                          tr.translate(q, steps=2, samples=1, guidance=4.0, generator=torch.Generator().manual_seed(1)))
+
+
+def test_pairs_without_training_rows_are_refused_up_front(tmp_path):
+    p = make_pairs(40, GapConfig(dim_a=8, dim_b=6), seed=0)
+    only_val = write_pairs(tmp_path / "val.parquet", p.a, p.b, split=["val"] * 30 + ["test"] * 10)
+    with pytest.raises(DiffgapError) as err:
+        train(only_val, tmp_path / "m", tiny_config(), progress=False, log=lambda s: None)
+    assert str(err.value) == (f"{only_val}: no training rows (split counts: test 10, val 30); train on pairs with "
+                              "split == 'train' rows (prepare --split train) or without a split column")
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("samples, guidance", [(1, 1.0), (4, 4.0)])
@@ -225,7 +307,7 @@ def test_logged_validation_r1_is_the_kept_translator_at_the_validation_settings(
 def test_step_loss_is_mse_plus_infonce_on_the_clean_estimate(prediction_type):
     from diffusers import DDPMScheduler
 
-    from diffgap_search.diffusion.train import clean_estimate, step_loss
+    from diffgap_search.diffusion.loss import clean_estimate, step_loss
 
     sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
     g = torch.Generator().manual_seed(0)
@@ -251,7 +333,7 @@ def test_step_loss_is_mse_plus_infonce_on_the_clean_estimate(prediction_type):
 
 
 def test_infonce_leaves_other_captions_of_the_same_clip_out_of_the_softmax():
-    from diffgap_search.diffusion.train import info_nce
+    from diffgap_search.diffusion.loss import info_nce
 
     g = torch.Generator().manual_seed(1)
     x0_hat, x0 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)

@@ -45,25 +45,19 @@ def check_schedule(config: ScheduleConfig) -> None:
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type=config.prediction_type,
-        clip_sample=False,
-    )
+    return DDPMScheduler(**_schedule_kwargs(config))
+
+
+def _schedule_kwargs(config: ScheduleConfig) -> dict:
+    """The noise schedule in diffusers' words, shared by the training and the sampling scheduler."""
+    return dict(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule, beta_start=config.beta_start,
+                beta_end=config.beta_end, prediction_type=config.prediction_type, clip_sample=False)
 
 
 def sampling_scheduler(config: ScheduleConfig, steps: int) -> DDIMScheduler:
     """A DDIM scheduler with its S timesteps set (descending, first = T-1)."""
     scheduler = DDIMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type=config.prediction_type,
-        clip_sample=False,
+        **_schedule_kwargs(config),
         set_alpha_to_one=True,
         timestep_spacing="trailing",
     )

@@ -1,40 +1,36 @@
 """Bidirectional split training (Algorithm 1 of the DiffGAP paper).
 
-One network, minibatches of pairs. Iterations [0, m) train direction 0 (to-audio:
-denoise the audio vector a conditioned on the query-side vector b), [m, 2m)
-direction 1 (from-audio), and so on: the direction flips at every multiple of the
-interval m and nowhere else (`direction_at`). `bidirectional=False` trains only
-to-audio (the paper's "no BST" ablation).
+One network, minibatches of pairs. Iterations [0, m) train direction 0 (to-audio: denoise the audio
+vector a conditioned on the query-side vector b), [m, 2m) direction 1 (from-audio), and so on: the
+direction flips at every multiple of the interval m and nowhere else (`direction_at`).
+`bidirectional=False` trains only to-audio (the paper's "no BST" ablation).
 
-Each step: t ~ U{0..T-1}, noise ~ N(0, I), x_t = DDPMScheduler.add_noise(x0, noise, t),
-the condition replaced by the learned null condition with probability
-`cond_dropout` (for classifier-free guidance), loss = MSE between the network output
-and the prediction target (epsilon, x0 or v), plus `contrastive_weight` x an InfoNCE
-term on the clean-target estimate (`step_loss`; 0 gives the paper's loss). Adam,
-gradient clipping, EMA weights for inference.
+Each step: the loss of `loss.denoising_loss` (MSE to the prediction target after DDPM noising, with
+condition dropout for classifier-free guidance, plus `contrastive_weight` x InfoNCE; 0 gives the
+paper's loss), Adam, gradient clipping, EMA weights for inference. `TrainingRun` holds a run and its
+loop (`fit`); `train` drives it with validation, logs and checkpoints, `baselines.DirectDenoiser`
+with a loss without diffusion.
 
-Reproducible: the weights are initialized from `seed`, each epoch's order from
-(seed, epoch), and every draw of t / noise / dropout from one generator whose
-state is saved in the training state, so `resume` continues bit-for-bit the run
-that was interrupted (on CPU).
+Reproducible: weights from `seed`, each epoch's order from (seed, epoch), every draw of t / noise /
+dropout from one generator saved in the training state, so `resume` continues bit-for-bit (on CPU).
 
 Output folder:
     model.safetensors, config.json   the translator (rewritten at every validation that beats the kept one)
     training_state.safetensors       weights, EMA, Adam moments, RNG state, step (for --resume)
-    log.jsonl, log.csv               one row per validation (every epoch's end and every `val_every`
-                                     steps): losses, validation R@1, time
+    log.jsonl, log.csv               one row per validation (every epoch's end and every `val_every` steps)
 
 Keep-best: the saved translator is the validated step of best translated-query R@1 (S = val_steps,
-K = val_samples, w = val_guidance) among those after the first direction flip.
+K = val_samples, w = val_guidance) among those where both directions have trained
+(`both_directions_trained`); config.json records that S, K, w as the translator's default sampling
+(`Translator.sampling`) and the steps each direction had (`Translator.direction_steps`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -45,20 +41,32 @@ import torch
 
 from diffgap_search.diffusion.network import DIRECTIONS, Denoiser, NetworkConfig, check_network, count_parameters
 from diffgap_search.diffusion.normalize import SpaceNorm
+from diffgap_search.diffusion.loss import denoising_loss
 from diffgap_search.diffusion.schedule import ScheduleConfig, check_schedule, prediction_target, training_scheduler
-from diffgap_search.diffusion.translator import Space, Translator, TranslatorConfig, save_checkpoint
+from diffgap_search.diffusion.translator import (
+    Sampling,
+    Space,
+    Translator,
+    TranslatorConfig,
+    direction_shortfall,
+    save_checkpoint,
+)
 from diffgap_search.errors import DiffgapError
 from diffgap_search.pairs import Pairs, read_pairs, split_train_val
+from diffgap_search.storage import read_json, write_file_atomic
 
 STATE = "training_state.safetensors"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-4
-    interval: int = 5000  # m: the direction flips at every multiple of m iterations
+    # m: the direction flips at every multiple of m iterations. 100 (not the paper's 5000): both
+    # directions train from the start and the early retrieval peak may be kept (translator_steps.md);
+    # the paper's setting is in training/paper-*.json
+    interval: int = 100
     bidirectional: bool = True
     cond_dropout: float = 0.1
     ema_decay: float = 0.999
@@ -67,9 +75,10 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between training-state saves (and at every epoch end)
     seed: int = 0
     val_queries: int = 1000  # validation R@1 is measured on at most this many queries
+    # validation R@1 translates with S steps, K samples and guidance w, as retrieval does (K = 1, w = 1
+    # ranks steps by a translation nobody uses: on xmodel it stays flat while K = 4, w = 4 improves);
+    # the kept translator stores them as its default sampling
     val_steps: int = 5
-    # validation R@1 translates with K samples and guidance w, as retrieval does (K = 1, w = 1 ranks
-    # steps by a translation nobody uses: on xmodel it stays flat while K = 4, w = 4 improves)
     val_samples: int = 4
     val_guidance: float = 4.0
     # steps between validations (each one a candidate for keep-best), besides every epoch's end;
@@ -78,15 +87,14 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps in total (for tests and quick runs)
     keep_best: bool = True  # the saved translator is the validated step with the best validation R@1 (not the last)
     # weight of the contrastive (InfoNCE) term on the clean-target estimate (0 = the paper's pure
-    # denoising loss); see `step_loss` and benchmarks/results/translator_contrastive.md
+    # denoising loss); see `loss.step_loss` and benchmarks/results/translator_contrastive.md
     contrastive_weight: float = 0.3
     contrastive_temperature: float = 0.1
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "recipe") -> "TrainConfig":
@@ -124,28 +132,21 @@ class TrainConfig:
                 raise DiffgapError(f"{source}: {name} = {value!r} must be < {hi}")
 
         real = (int, float)
-        number("epochs", lo=1)
-        number("batch_size", lo=1)
+        for name in ("epochs", "batch_size", "interval", "checkpoint_every", "val_queries", "val_steps", "val_samples"):
+            number(name, lo=1)
+        for name in ("seed", "val_every"):
+            number(name, lo=0)
+        for name in ("cond_dropout", "ema_decay", "val_fraction"):
+            number(name, real, lo=0, hi=1)
         number("lr", real, lo=0, lo_open=True)
-        number("interval", lo=1)
-        number("cond_dropout", real, lo=0, hi=1)
-        number("ema_decay", real, lo=0, hi=1)
         number("grad_clip", real, lo=0)
-        number("val_fraction", real, lo=0, hi=1)
-        number("checkpoint_every", lo=1)
-        number("seed", lo=0)
-        number("val_queries", lo=1)
-        number("val_steps", lo=1)
-        number("val_samples", lo=1)
         number("val_guidance", real)
-        number("val_every", lo=0)
         number("max_steps", lo=1, optional=True)
         number("contrastive_weight", real, lo=0)
         number("contrastive_temperature", real, lo=0, lo_open=True)
-        if not isinstance(self.keep_best, bool):
-            raise DiffgapError(f"{source}: keep_best = {self.keep_best!r} is not true or false")
-        if not isinstance(self.bidirectional, bool):
-            raise DiffgapError(f"{source}: bidirectional = {self.bidirectional!r} is not true or false")
+        for name in ("keep_best", "bidirectional"):
+            if not isinstance(getattr(self, name), bool):
+                raise DiffgapError(f"{source}: {name} = {getattr(self, name)!r} is not true or false")
         try:
             check_network(replace(self.network, dim_a=1, dim_b=1))
             check_schedule(self.schedule)
@@ -160,58 +161,84 @@ def direction_at(step: int, interval: int, bidirectional: bool = True) -> int:
     return (step // interval) % 2 if bidirectional else 0
 
 
+def direction_steps(steps: int, interval: int, bidirectional: bool = True) -> dict[str, int]:
+    """How many of the first `steps` steps trained each direction: {"to-audio": n, "from-audio": m}."""
+    cycles, rest = divmod(steps, 2 * interval)  # each cycle of 2m steps: m to-audio, then m from-audio
+    back = cycles * interval + max(0, rest - interval) if bidirectional else 0
+    return {DIRECTIONS[0]: steps - back, DIRECTIONS[1]: back}
+
+
+def both_directions_trained(steps_done: int, config: "TrainConfig") -> bool:
+    """Whether each direction has trained enough after `steps_done` steps (`direction_shortfall`: at least
+    25% of the other direction's steps); never with --no-bidirectional. Keep-best keeps a validated step
+    where this is false only when no later one has it true (a run too short, warned about at its start)."""
+    counts = direction_steps(steps_done, config.interval, config.bidirectional)
+    return config.bidirectional and all(direction_shortfall(counts, d) is None for d in DIRECTIONS)
+
+
 KEPT = "best validation R@1 among validations after both directions have trained"
 
 
-def both_directions_trained(steps_done: int, total: int, config: "TrainConfig") -> bool:
-    """Whether an epoch ending after `steps_done` steps may be kept as the best one.
-
-    With BST, only once the from-audio direction has had a step (steps_done > m); a run too
-    short to ever flip (total <= m, warned about at the start) keeps its best epoch anyway.
-    """
-    return not config.bidirectional or steps_done > config.interval or total <= config.interval
-
-
-def load_recipe(path: str | Path) -> dict:
+def load_recipe(path: str | Path, _extended: tuple[Path, ...] = ()) -> dict:
+    """A recipe's settings; one holding {"extends": "other.json"} adds its settings to that recipe's (a path
+    relative to its own folder), as training/audiocaps.json, the old name of training/paper-audiocaps.json, does."""
     path = Path(path)
     if not path.exists():
         raise DiffgapError(f"{path}: no such recipe; recipes live in training/*.json")
-    try:
-        recipe = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DiffgapError(f"{path}: not valid JSON ({exc})") from None
+    recipe = read_json(path, "fix the recipe's JSON")
     if not isinstance(recipe, dict):
         raise DiffgapError(f"{path}: a recipe is a JSON object of settings, e.g. {{\"epochs\": 30}}")
-    return recipe
+    base = recipe.pop("extends", None)
+    if base is None:
+        return recipe
+    chain = (*_extended, path.resolve())
+    if not isinstance(base, str) or (path.parent / base).resolve() in chain:
+        raise DiffgapError(f"{path}: extends = {base!r}; name another recipe file (no cycle), e.g. \"paper-audiocaps.json\"")
+    return {**load_recipe(path.parent / base, chain), **recipe}
 
 
 # ---------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------
 
+# loss(run, x0 [m, d_target], cond [m, d_source], direction, rows [m] of the training pairs) -> scalar
+StepLoss = Callable[["TrainingRun", torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
 
-class _Run:
-    """Everything a training run holds, so that it can be saved and restored whole."""
 
-    def __init__(self, config: TrainConfig, train: Pairs, device: torch.device):
+class TrainingRun:
+    """Everything a training run holds, so that it can be saved and restored whole, and its loop (`fit`).
+
+    `loss`: the loss of one batch; `denoising_loss` (the translator's) unless given.
+    """
+
+    def __init__(self, config: TrainConfig, train: Pairs, device: torch.device = torch.device("cpu"),
+                 loss: StepLoss | None = None):
         self.config = config
         self.device = device
+        self.loss = loss or denoising_loss
         net_config = NetworkConfig(**{**asdict(config.network), "dim_a": train.dim_a, "dim_b": train.dim_b})
         torch.manual_seed(config.seed)
         self.model = Denoiser(net_config).to(device)
         self.ema = Denoiser(net_config).to(device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.pairs = train
         self.norm_a = SpaceNorm(train.dim_a).fit(torch.from_numpy(np.array(train.a))).to(device)
         self.norm_b = SpaceNorm(train.dim_b).fit(torch.from_numpy(np.array(train.b))).to(device)
+        self._normalize()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.scheduler = training_scheduler(config.schedule)
         self.step = 0
-        self.groups: dict[int, torch.Tensor] = {}  # direction -> the clip of each training target (`set_groups`)
+        # direction -> the clip of each training target: audio targets (to-audio) by the pairs' group, query targets by row
+        self.groups = {0: torch.as_tensor(train.group, device=device), 1: torch.arange(len(train), device=device)}
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.total = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total = min(self.total, config.max_steps)
 
-    def set_groups(self, group: np.ndarray) -> None:
-        """Which training targets are one clip: audio targets (to-audio) by the pairs' group, query targets by row."""
-        self.groups = {0: torch.as_tensor(group, device=self.device), 1: torch.arange(len(group), device=self.device)}
+    def _normalize(self) -> None:
+        self.a = self.norm_a(torch.from_numpy(np.array(self.pairs.a)).to(self.device))  # [n, d_a]
+        self.b = self.norm_b(torch.from_numpy(np.array(self.pairs.b)).to(self.device))  # [n, d_b]
 
     # -- state ------------------------------------------------------------------------------
 
@@ -246,21 +273,14 @@ class _Run:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise DiffgapError(f"{source}: the training state does not match these settings ({str(exc).splitlines()[0]}); "
                                "resume with the settings of the original run") from None
+        self._normalize()
 
-    # -- one step ---------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
 
     def train_step(self, x0: torch.Tensor, cond: torch.Tensor, direction: int, rows: torch.Tensor | None = None) -> float:
         """One optimizer step on a batch; `rows` = its rows in the training pairs (InfoNCE: same-clip targets)."""
-        cfg, g, m = self.config, self.generator, len(x0)
-        t = torch.randint(0, cfg.schedule.train_timesteps, (m,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        keep = torch.rand(m, generator=g) >= cfg.cond_dropout
-        t, noise, keep = t.to(self.device), noise.to(self.device), keep.to(self.device)
-        x_t = self.scheduler.add_noise(x0, noise, t)
-        pred = self.model(x_t, t, cond, direction, keep=keep)
-        groups = self.groups[direction][rows] if rows is not None and direction in self.groups else None
-        loss = step_loss(self.scheduler, pred, x0, x_t, noise, t, keep, cfg.contrastive_weight, cfg.contrastive_temperature,
-                         groups)
+        cfg = self.config
+        loss = self.loss(self, x0, cond, direction, rows)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -268,86 +288,74 @@ class _Run:
         self.optimizer.step()
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))  # short warm-up of the EMA
         with torch.no_grad():
-            ema_params = list(self.ema.parameters())
-            torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
         self.step += 1
         return float(loss.detach())
 
+    def fit(self, *, on_step: Callable[[int, int, float], None] | None = None,
+            on_validation: Callable[[int, float], None] | None = None,
+            on_checkpoint: Callable[[], None] | None = None, progress: bool = False) -> None:
+        """Algorithm 1 from `step` to `total`: batches in each epoch's seeded order, the direction of each step.
 
-def step_loss(scheduler, pred, x0, x_t, noise, t, keep, weight: float = 0.0, temperature: float = 0.1,
-              groups: torch.Tensor | None = None) -> torch.Tensor:
-    """The training loss of one batch: MSE to the prediction target, plus `weight` x InfoNCE.
+        After each step: on_step(step, direction, loss); at every epoch's end and every `val_every` steps
+        on_validation(epoch, mean training loss since the last one); at every epoch's end and every
+        `checkpoint_every` steps on_checkpoint().
+        """
+        from tqdm.auto import tqdm
 
-    The contrastive term scores the network's estimate of the clean target x0_hat (the output
-    itself for x0 prediction; derived from it for epsilon / v) against every x0 of the batch by
-    cosine / temperature, and takes the cross-entropy of the row's own x0, over the rows that kept
-    their condition (a dropped condition cannot tell its target apart). Why: the MSE optimum is
-    the conditional mean E[x0 | condition], which on clustered data shrinks towards cluster
-    centres and retrieves worse as it fits better (translator_epochs.md); the contrastive term
-    keeps the estimate discriminative among the batch's targets. `groups`: see `info_nce`.
-    """
-    loss = torch.nn.functional.mse_loss(pred, prediction_target(scheduler, x0, noise, t))
-    if weight > 0:
-        loss = loss + weight * info_nce(clean_estimate(scheduler, pred, x_t, t), x0, keep, temperature, groups)
-    return loss
-
-
-def info_nce(x0_hat: torch.Tensor, x0: torch.Tensor, keep: torch.Tensor, temperature: float,
-             groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the kept rows i of -log softmax_j(cos(x0_hat_i, x0_j) / temperature)[i] (0 if none is kept).
-
-    With `groups` (one per row), a target j != i of row i's own group is the same clip (another
-    caption of it drew the same audio into the batch), not a negative: it is left out of row i's softmax.
-    """
-    if not bool(keep.any()):
-        return x0.new_zeros(())
-    logits = torch.nn.functional.normalize(x0_hat[keep], dim=-1) @ torch.nn.functional.normalize(x0, dim=-1).T / temperature
-    own = torch.arange(len(x0), device=x0.device)[keep]
-    if groups is not None:
-        same = groups[None, :] == groups[keep][:, None]
-        same[torch.arange(len(own), device=x0.device), own] = False
-        logits = logits.masked_fill(same, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, own)
-
-
-def clean_estimate(scheduler, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0_hat from the network output, whatever the prediction type."""
-    kind = scheduler.config.prediction_type
-    if kind == "sample":
-        return pred
-    abar = scheduler.alphas_cumprod.to(pred.device)[t][:, None]
-    if kind == "epsilon":
-        return (x_t - (1 - abar).sqrt() * pred) / abar.sqrt()
-    return abar.sqrt() * x_t - (1 - abar).sqrt() * pred  # v prediction
+        cfg, n = self.config, len(self.pairs)
+        losses: list[float] = []
+        done = [0, 0]  # steps of each direction in this call
+        order, order_epoch = None, -1
+        bar = tqdm(total=self.total, initial=self.step, unit="step", desc="train", disable=not progress, smoothing=0.05)
+        try:
+            while self.step < self.total:
+                epoch, i = divmod(self.step, self.steps_per_epoch)
+                if epoch != order_epoch:
+                    seed = cfg.seed * 1_000_003 + epoch
+                    order, order_epoch = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(self.device), epoch
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                d = direction_at(self.step, cfg.interval, cfg.bidirectional)
+                x0, cond = (self.a[idx], self.b[idx]) if d == 0 else (self.b[idx], self.a[idx])
+                step = self.step
+                loss = self.train_step(x0, cond, d, idx)
+                done[d] += 1  # shown per direction: a direction sampled every 50 steps aliases with the interval
+                if not math.isfinite(loss):
+                    raise DiffgapError(f"the loss became {loss} at step {step}; lower --lr or check the pairs")
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(step, d, loss)
+                bar.update(1)
+                if self.step % 50 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", steps=f"{done[0]} to-audio/{done[1]} from-audio")
+                end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total
+                if on_validation is not None and (end_of_epoch or (cfg.val_every and self.step % cfg.val_every == 0)):
+                    on_validation(epoch + 1, float(np.mean(losses)))
+                    losses = []
+                if on_checkpoint is not None and (end_of_epoch or self.step % cfg.checkpoint_every == 0):
+                    on_checkpoint()
+        finally:
+            bar.close()
 
 
-def _save_state(run: _Run, out: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE}.", dir=out)
-    os.close(fd)
-    try:
-        save_file(run.state_tensors(), tmp, metadata={"state": json.dumps(meta)})
-        os.replace(tmp, out / STATE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+# ---------------------------------------------------------------------------
+# `train`: the loop with validation, keep-best, logs and checkpoints
+# ---------------------------------------------------------------------------
 
 
-def translator_config(run: _Run, train: Pairs, extra: dict) -> TranslatorConfig:
+def translator_config(run: TrainingRun, train: Pairs, extra: dict) -> TranslatorConfig:
+    """The kept translator's config.json: spaces, network, schedule, the run's settings and `extra` results, and
+    as its default sampling the S, K, w that validation ranked the steps by."""
     cfg = run.config
     return TranslatorConfig(
-        space_a=Space(train.space_a, train.dim_a, "audio"),
-        space_b=Space(train.space_b, train.dim_b, train.modality_b),
-        network=run.model.config,
-        schedule=cfg.schedule,
-        bidirectional=cfg.bidirectional,
+        space_a=Space(train.space_a, train.dim_a, "audio"), space_b=Space(train.space_b, train.dim_b, train.modality_b),
+        network=run.model.config, schedule=cfg.schedule, bidirectional=cfg.bidirectional,
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("network", "schedule")}, **extra},
-    )
+        sampling=Sampling(cfg.val_steps, cfg.val_samples, float(cfg.val_guidance)))
 
 
 @torch.no_grad()
-def validate(run: _Run, val: Pairs, train: Pairs) -> dict:
+def validate(run: TrainingRun, val: Pairs, train: Pairs) -> dict:
     """Validation loss per direction (fixed draws, EMA weights) and translated-query R@1."""
     from diffgap_search.metrics import recall_at, target_ranks
 
@@ -375,25 +383,19 @@ def validate(run: _Run, val: Pairs, train: Pairs) -> dict:
     return out
 
 
-def train(
-    pairs: str | Path | Pairs,
-    out: str | Path,
-    config: TrainConfig = TrainConfig(),
-    *,
-    resume: bool = False,
-    device: str = "cpu",
-    progress: bool = True,
-    on_step: Callable[[int, int, float], None] | None = None,
-    log: Callable[[str], None] = print,
-) -> Translator:
+def train(pairs: str | Path | Pairs, out: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = False,
+          device: str = "cpu", progress: bool = True, on_step: Callable[[int, int, float], None] | None = None,
+          log: Callable[[str], None] = print) -> Translator:
     """Train a translator on a pairs file; returns it (EMA weights) after writing `out`."""
     config.validate()
     out = Path(out)
-    if isinstance(pairs, Pairs):
-        all_pairs = pairs
-    else:
-        all_pairs = read_pairs(pairs)
+    all_pairs = pairs if isinstance(pairs, Pairs) else read_pairs(pairs)
     train_pairs, val_pairs = split_train_val(all_pairs, config.val_fraction, config.seed)
+    if len(train_pairs) == 0:
+        names, counts = np.unique(all_pairs.split, return_counts=True)
+        raise DiffgapError(f"{all_pairs.source or 'pairs'}: no training rows (split counts: "
+                           f"{', '.join(f'{s} {c}' for s, c in zip(names, counts))}); train on pairs with split == 'train' "
+                           "rows (prepare --split train) or without a split column")
     if (out / STATE).exists() and not resume:
         raise DiffgapError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
     if resume and not (out / STATE).exists():
@@ -411,115 +413,95 @@ def train(
 
 
 def _train(train_pairs, val_pairs, out, config, resume, device, progress, on_step, log) -> Translator:
+    run = TrainingRun(config, train_pairs, torch.device(device))
+    elapsed0, best = _resume(run, out) if resume else (0.0, None)
+    params = count_parameters(run.model)
+    log(f"denoiser: {params:,} parameters ({params * 4 / 1e6:.1f} MB fp32); {len(train_pairs)} training pairs, "
+        f"{len(val_pairs) if val_pairs else 0} validation pairs; {run.total} steps of batch {config.batch_size}"
+        + (f", direction flips every {config.interval}" if config.bidirectional else ", to-audio only (no BST)"))
+    if config.bidirectional and not both_directions_trained(run.total, config):
+        back = direction_steps(run.total, config.interval)[DIRECTIONS[1]]
+        log(f"warning: the direction flips every {config.interval} steps and this run has {run.total}: the from-audio "
+            f"direction (used to rerank) will train {back} of them; pass --interval {max(1, run.total // 10)} or fewer")
+    t_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed0 + time.perf_counter() - t_start
+
+    def on_validation(epoch: int, train_loss: float) -> None:
+        nonlocal best
+        row = {"epoch": epoch, "step": run.step, "train_loss": train_loss}
+        if val_pairs is not None:
+            row.update(validate(run, val_pairs, train_pairs))
+        row["both_directions_trained"] = both_directions_trained(run.step, config)
+        row["elapsed_s"] = round(elapsed(), 2)
+        _append_log(out, row)
+        # keep the step that validates best (translated R@1, then loss): small pair sets overfit, and on
+        # large ones retrieval peaks early (translator_steps.md). A step where a direction is under-trained
+        # (with BST, before the from-audio one has had a quarter of the to-audio one's steps) is kept only
+        # until one where both have trained.
+        score = [int(row["both_directions_trained"]), row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
+        if not config.keep_best or score is None or best is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "step": run.step}
+            extra = {"parameters": params, "steps": run.step, "epoch": row,
+                     "direction_steps": direction_steps(run.step, config.interval, config.bidirectional),
+                     "selected": KEPT if config.keep_best and score is not None else "last"}
+            save_checkpoint(out, translator_config(run, train_pairs, extra), run.ema.state_dict(),
+                            run.model.state_dict(), (run.norm_a, run.norm_b))
+
+    def on_checkpoint() -> None:
+        _save_state(run, out, {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed(), "best": best})
+
+    run.fit(on_step=on_step, on_validation=on_validation, on_checkpoint=on_checkpoint, progress=progress)
+    return Translator.load(out, device)
+
+
+def _resume(run: TrainingRun, out: Path) -> tuple[float, dict | None]:
+    """Restore the run saved in `out`; (seconds it had run, its best validation so far)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-    from tqdm.auto import tqdm
 
-    torch_device = torch.device(device)
-    run = _Run(config, train_pairs, torch_device)
-    a = torch.from_numpy(np.array(train_pairs.a)).to(torch_device)
-    b = torch.from_numpy(np.array(train_pairs.b)).to(torch_device)
-    a, b = run.norm_a(a), run.norm_b(b)
-    n = len(train_pairs)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    elapsed0 = 0.0
-    best = None
-    if resume:
-        state_path = out / STATE
-        try:
-            with safe_open(str(state_path), "pt") as fh:
-                meta = json.loads(fh.metadata()["state"])
-            tensors = load_file(str(state_path))
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise DiffgapError(f"{state_path}: unreadable training state ({exc}); start a new run in another folder") from None
-        saved = TrainConfig.from_dict({k: v for k, v in meta["config"].items() if k != "max_steps"} | {"max_steps": None}, str(state_path))
-        mine = config.to_dict() | {"max_steps": None, "epochs": None, "checkpoint_every": None}
-        theirs = saved.to_dict() | {"max_steps": None, "epochs": None, "checkpoint_every": None}
-        mine["network"] = {k: v for k, v in mine["network"].items() if k not in ("dim_a", "dim_b")}
-        theirs["network"] = {k: v for k, v in theirs["network"].items() if k not in ("dim_a", "dim_b")}
-        differ = sorted(k for k in mine if mine[k] != theirs[k])
-        if differ:
-            raise DiffgapError(f"{out}: the run was started with {differ[0]}={theirs[differ[0]]!r}, now {mine[differ[0]]!r}; "
-                               "resume with the original settings (epochs may grow)")
-        run.load_state_tensors(tensors, state_path)
-        run.step = int(meta["step"])
-        elapsed0 = float(meta.get("elapsed_s", 0.0))
-        best = meta.get("best")
-        a, b = run.norm_a(torch.from_numpy(np.array(train_pairs.a)).to(torch_device)), run.norm_b(torch.from_numpy(np.array(train_pairs.b)).to(torch_device))
-    run.set_groups(train_pairs.group)
-
-    params = count_parameters(run.model)
-    log(f"denoiser: {params:,} parameters ({params * 4 / 1e6:.1f} MB fp32); {n} training pairs, "
-        f"{len(val_pairs) if val_pairs else 0} validation pairs; {total} steps of batch {config.batch_size}"
-        + (f", direction flips every {config.interval}" if config.bidirectional else ", to-audio only (no BST)"))
-    if config.bidirectional and total <= config.interval:
-        log(f"warning: the direction flips every {config.interval} steps and this run has {total}: the from-audio "
-            f"direction (used to rerank) will not be trained; pass --interval {max(1, total // 10)} or fewer")
-
-    def meta_now() -> dict:
-        return {"step": run.step, "config": config.to_dict(), "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best": best}
-
-    t_start = time.perf_counter()
-    losses: list[float] = []
-    order, order_epoch = None, -1
-    bar = tqdm(total=total, initial=run.step, unit="step", desc="train", disable=not progress, smoothing=0.05)
+    state_path = out / STATE
     try:
-        while run.step < total:
-            epoch, i = divmod(run.step, steps_per_epoch)
-            if epoch != order_epoch:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).to(torch_device)
-                order_epoch = epoch
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            d = direction_at(run.step, config.interval, config.bidirectional)
-            x0, cond = (a[idx], b[idx]) if d == 0 else (b[idx], a[idx])
-            step = run.step
-            loss = run.train_step(x0, cond, d, idx)
-            if not math.isfinite(loss):
-                raise DiffgapError(f"the loss became {loss} at step {step}; lower --lr or check the pairs")
-            losses.append(loss)
-            if on_step is not None:
-                on_step(step, d, loss)
-            bar.update(1)
-            if run.step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", dir=DIRECTIONS[d])
-            end_of_epoch = run.step % steps_per_epoch == 0 or run.step == total
-            if end_of_epoch or (config.val_every and run.step % config.val_every == 0):
-                row = {"epoch": epoch + 1, "step": run.step, "train_loss": float(np.mean(losses))}
-                if val_pairs is not None:
-                    row.update(validate(run, val_pairs, train_pairs))
-                row["both_directions_trained"] = both_directions_trained(run.step, total, config)
-                row["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_start, 2)
-                _append_log(out, row)
-                losses = []
-                # keep the step that validates best (translated R@1, then loss): small pair sets overfit,
-                # and on large ones retrieval peaks early (translator_steps.md). With BST, a step before
-                # the first flip has an untrained from-audio direction (the reranker): such steps are
-                # kept only until one where both directions trained.
-                score = [int(row["both_directions_trained"]), row["val_R@1"], -row["val_loss_to-audio"]] if "val_R@1" in row else None
-                if not config.keep_best or score is None or best is None or score > best["score"]:
-                    best = {"score": score, "epoch": row["epoch"], "step": run.step}
-                    extra = {"parameters": params, "steps": run.step, "epoch": row, "selected": KEPT
-                             if config.keep_best and score is not None else "last"}
-                    save_checkpoint(out, translator_config(run, train_pairs, extra), run.ema.state_dict(),
-                                    run.model.state_dict(), (run.norm_a, run.norm_b))
-            if end_of_epoch or run.step % config.checkpoint_every == 0:
-                _save_state(run, out, meta_now())
-    finally:
-        bar.close()
-    return Translator.load(out, device)
+        with safe_open(str(state_path), "pt") as fh:
+            meta = json.loads(fh.metadata()["state"])
+        tensors = load_file(str(state_path))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise DiffgapError(f"{state_path}: unreadable training state ({exc}); start a new run in another folder") from None
+    saved = TrainConfig.from_dict({k: v for k, v in meta["config"].items() if k != "max_steps"} | {"max_steps": None}, str(state_path))
+    free = {"max_steps": None, "epochs": None, "checkpoint_every": None}
+    mine, theirs = run.config.to_dict() | free, saved.to_dict() | free
+    for d in (mine, theirs):
+        d["network"] = {k: v for k, v in d["network"].items() if k not in ("dim_a", "dim_b")}
+    differ = sorted(k for k in mine if mine[k] != theirs[k])
+    if differ:
+        raise DiffgapError(f"{out}: the run was started with {differ[0]}={theirs[differ[0]]!r}, now {mine[differ[0]]!r}; "
+                           "resume with the original settings (epochs may grow)")
+    run.load_state_tensors(tensors, state_path)
+    run.step = int(meta["step"])
+    return float(meta.get("elapsed_s", 0.0)), meta.get("best")
+
+
+def _save_state(run: TrainingRun, out: Path, meta: dict) -> None:
+    from safetensors.torch import save
+
+    blob = save(run.state_tensors(), metadata={"state": json.dumps(meta)})
+    write_file_atomic(out / STATE, lambda fh: fh.write(blob))
 
 
 def _append_log(out: Path, row: dict) -> None:
     with open(out / "log.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    fd, tmp = tempfile.mkstemp(prefix=".log.csv.", dir=out)
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "log.csv")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file_atomic(out / "log.csv", lambda fh: fh.write(text.getvalue()), "w", newline="")
+
+
+def steps_done(out: str | Path) -> int:
+    """Steps done by the run in `out`: the step of its log's last row (0 before the first validation)."""
+    log = Path(out) / "log.jsonl"
+    lines = [line for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return json.loads(lines[-1])["step"] if lines else 0

@@ -1,9 +1,10 @@
 """Translator: a trained DiffGAP denoiser plus everything needed to use it.
 
     Translator.load(dir)                       # model.safetensors + config.json, never a pickle
-    translate(x, "to-audio", steps=5, ...)     # query-side vectors -> unit audio-space vectors
-    translate(a, "from-audio", ...)            # the reverse direction
+    translate(x, "to-audio")                   # query-side vectors -> unit audio-space vectors (S, K, w: .sampling)
+    translate(a, "from-audio", steps=5, ...)   # the reverse direction
     denoise_error(target, conditions, t, eps)  # per-candidate denoising error, for reranking
+    sampling, direction_steps, undertrained(d) # its default S, K, w; how much each direction trained
 
 Sampling runs diffusers' DDIMScheduler over S steps from Gaussian noise (or, with
 `start_step`, from the source vector noised to that step, when both spaces have one
@@ -13,8 +14,7 @@ unconditional) and K samples averaged on the unit sphere of the target space.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from diffgap_search.diffusion.schedule import (
     training_scheduler,
 )
 from diffgap_search.errors import DiffgapError
+from diffgap_search.storage import read_json
+from diffgap_search.types import Space  # noqa: F401  (re-exported: translator configs are made of Spaces)
 
 FORMAT = "diffgap-translator"
 FORMAT_VERSION = 1
@@ -45,11 +47,52 @@ def direction_index(direction: str | int) -> int:
     raise DiffgapError(f"direction {direction!r} is unknown; use one of {', '.join(DIRECTIONS)}")
 
 
-@dataclass
-class Space:
-    name: str | None
-    dim: int
-    modality: str | None = None
+@dataclass(frozen=True)
+class Sampling:
+    """How a translator samples when not told: S DDIM steps, K samples averaged, guidance w.
+
+    `train` stores the settings its validation ranked the steps by (TrainConfig val_steps, val_samples,
+    val_guidance); these defaults are the ones it validates at, for translators saved without them.
+    """
+
+    steps: int = 5
+    samples: int = 4
+    guidance: float = 4.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, timesteps: int) -> "Sampling":
+        """Raises ValueError naming the bad value (made one line naming config.json by `TranslatorConfig.from_dict`)."""
+        sampling = cls(**d)
+        for name, lo, hi in (("steps", 1, timesteps), ("samples", 1, None)):
+            value = getattr(sampling, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+                raise ValueError(f"sampling.{name} = {value!r} is not a whole number in {lo}..{hi or 'any'}")
+        if not isinstance(sampling.guidance, (int, float)) or isinstance(sampling.guidance, bool):
+            raise ValueError(f"sampling.guidance = {sampling.guidance!r} is not a number")
+        return replace(sampling, guidance=float(sampling.guidance))
+
+    def fill(self, steps: int | None = None, samples: int | None = None, guidance: float | None = None) -> "Sampling":
+        """These settings with the ones given (not None) in their place."""
+        return Sampling(self.steps if steps is None else steps, self.samples if samples is None else samples,
+                        self.guidance if guidance is None else guidance)
+
+
+# A direction is under-trained when it had fewer steps than this share of the other direction's (or none).
+# Algorithm 1 with interval m: the from-audio direction passes it at step 1.25 m, and stays above it.
+MIN_DIRECTION_SHARE = 0.25
+
+
+def direction_shortfall(counts: dict[str, int], direction: str) -> str | None:
+    """Why `direction` is under-trained given the steps per direction `counts`, in one line; None if it is not."""
+    mine, other = counts[direction], counts[DIRECTIONS[1 - DIRECTIONS.index(direction)]]
+    if mine > 0 and mine >= MIN_DIRECTION_SHARE * other:
+        return None
+    return (f"its {direction} direction trained {mine:,} of {mine + other:,} steps (under {MIN_DIRECTION_SHARE:.0%} of "
+            f"the other direction's {other:,}); retrain with a smaller --interval (the default, 100, alternates them "
+            "from the start)")
 
 
 @dataclass
@@ -60,7 +103,7 @@ class TranslatorConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     bidirectional: bool = True
     training: dict = field(default_factory=dict)  # settings and results of the run that made it
-    fusion: dict | None = None  # {"settings": FusionConfig, "validation": scores}, written by calibration
+    sampling: Sampling | None = None  # default S, K, w (`Translator.sampling`); None: Sampling()
 
     def to_dict(self) -> dict:
         return {
@@ -71,7 +114,7 @@ class TranslatorConfig:
             "schedule": self.schedule.to_dict(),
             "bidirectional": self.bidirectional,
             "training": self.training,
-            "fusion": self.fusion,
+            "sampling": None if self.sampling is None else self.sampling.to_dict(),
         }
 
     @classmethod
@@ -93,34 +136,27 @@ class TranslatorConfig:
                 dim = d["spaces"][side]["dim"]
                 if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
                     raise ValueError(f"spaces.{side}.dim = {dim!r} is not a positive integer")
-            fusion = d.get("fusion")
-            if fusion is not None:
-                check_fusion_section(fusion)
+            training = d.get("training") or {}
+            sampling = d.get("sampling")
+            if sampling is None and all(f"val_{k}" in training for k in ("steps", "samples", "guidance")):
+                # written before "sampling" was: the settings its validation used are in the training section
+                sampling = {k: training[f"val_{k}"] for k in ("steps", "samples", "guidance")}
+            counts = training.get("direction_steps")
+            if counts is not None and (not isinstance(counts, dict) or sorted(counts) != sorted(DIRECTIONS)
+                                       or not all(isinstance(v, int) and v >= 0 for v in counts.values())):
+                raise ValueError(f"training.direction_steps = {counts!r} is not {{{', '.join(map(repr, DIRECTIONS))}: steps}}")
             return cls(
                 space_a=Space(**d["spaces"]["a"]),
                 space_b=Space(**d["spaces"]["b"]),
                 network=network,
                 schedule=schedule,
                 bidirectional=bool(d["bidirectional"]),
-                training=d.get("training") or {},
-                fusion=d.get("fusion"),
+                training=training,
+                sampling=None if sampling is None else Sampling.from_dict(sampling, schedule.train_timesteps),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DiffgapError(f"{source}: malformed translator config ({exc!r})") from None
 
-
-def check_fusion_section(fusion) -> None:
-    """The "fusion" section that calibration writes: {"settings": FusionConfig fields, "validation": {...}}.
-
-    Raises ValueError (turned into one line naming config.json by `from_dict`).
-    """
-    from diffgap_search.rerank import FusionConfig
-
-    if not isinstance(fusion, dict) or "settings" not in fusion:
-        raise ValueError("fusion must be an object with 'settings' (written by `diffgap-search calibrate`)")
-    FusionConfig.from_dict(fusion["settings"], "fusion.settings")
-    if not isinstance(fusion.get("validation", {}), dict):
-        raise ValueError("fusion.validation must be an object")
 
 
 class Translator:
@@ -132,6 +168,7 @@ class Translator:
         self.norms = (norm_a.to(device), norm_b.to(device))  # index = space: 0 = a, 1 = b
         self.device = torch.device(device)
         self.train_scheduler = training_scheduler(config.schedule)
+        self.path: Path | None = None  # the folder it was loaded from
 
     # -- construction -----------------------------------------------------------------
 
@@ -146,10 +183,7 @@ class Translator:
         for p in (config_path, weights_path):
             if not p.exists():
                 raise DiffgapError(f"{p}: missing; a translator folder holds {CONFIG} and {WEIGHTS} (made by `diffgap-search train`)")
-        try:
-            raw = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DiffgapError(f"{config_path}: not valid JSON ({exc}); the checkpoint is damaged, retrain or restore it") from None
+        raw = read_json(config_path, "the checkpoint is damaged, retrain or restore it")
         config = TranslatorConfig.from_dict(raw, str(config_path))
         try:
             tensors = load_file(str(weights_path), device="cpu")  # safetensors: no code is executed
@@ -161,7 +195,9 @@ class Translator:
         _load_into(network, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, weights_path)
         _load_into(norm_a, {k[7:]: v for k, v in tensors.items() if k.startswith("norm_a.")}, weights_path)
         _load_into(norm_b, {k[7:]: v for k, v in tensors.items() if k.startswith("norm_b.")}, weights_path)
-        return cls(config, network, norm_a, norm_b, device)
+        translator = cls(config, network, norm_a, norm_b, device)
+        translator.path = path  # where calibration.json lives (calibrate.load_calibration)
+        return translator
 
     def save(self, path: str | Path, model_state: dict | None = None) -> Path:
         """Write the folder atomically: a temporary folder renamed over the old one."""
@@ -172,6 +208,47 @@ class Translator:
     @property
     def parameter_count(self) -> int:
         return count_parameters(self.network)
+
+    @property
+    def sampling(self) -> Sampling:
+        """S, K, w that `translate` (and `query`, `translate`, `bridge`, `generate`) use when not told.
+
+        config.json's "sampling", which `train` writes: the settings its validation ranked the steps by.
+        Checkpoints written before it: the training section's val_steps/val_samples/val_guidance when it
+        has all three, else `Sampling()` (S = 5, K = 4, w = 4).
+        """
+        return self.config.sampling or Sampling()
+
+    @property
+    def direction_steps(self) -> dict[str, int] | None:
+        """The training steps each direction had in the kept checkpoint: {"to-audio": n, "from-audio": m}.
+
+        Recorded by `train`; for checkpoints written before it, counted from the training section's
+        "steps" and "interval" (Algorithm 1 fixes the direction of every step); None when neither is there
+        (a translator not made by `train`).
+        """
+        training = self.config.training
+        if "direction_steps" in training:
+            return dict(training["direction_steps"])
+        steps, interval = training.get("steps"), training.get("interval")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (steps, interval)) or interval < 1:
+            return None
+        from diffgap_search.diffusion.train import direction_steps
+
+        return direction_steps(steps, interval, self.config.bidirectional)
+
+    def undertrained(self, direction: str | int) -> str | None:
+        """One line saying why `direction` is not trained enough to rely on, or None.
+
+        Under-trained: no direction (--no-bidirectional and from-audio), or fewer steps than
+        MIN_DIRECTION_SHARE (25%) of the other direction's (`direction_shortfall`). None too when
+        `direction_steps` is unknown.
+        """
+        d = direction_index(direction)
+        if d == 1 and not self.config.bidirectional:
+            return "this translator was trained with --no-bidirectional and has no from-audio direction"
+        counts = self.direction_steps
+        return None if counts is None else direction_shortfall(counts, DIRECTIONS[d])
 
     def dims(self, direction: str | int) -> tuple[int, int]:
         """(source dim, target dim) of a direction."""
@@ -197,15 +274,19 @@ class Translator:
         x,
         direction: str | int = "to-audio",
         *,
-        steps: int = 5,
-        samples: int = 1,
-        guidance: float = 1.0,
+        steps: int | None = None,
+        samples: int | None = None,
+        guidance: float | None = None,
         eta: float = 0.0,
         start_step: int | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 4096,
     ) -> np.ndarray:
-        """Source vectors [n, d_source] -> unit vectors [n, d_target] of the other space."""
+        """Source vectors [n, d_source] -> unit vectors [n, d_target] of the other space.
+
+        `steps`, `samples`, `guidance`: S, K, w; each one not given is the translator's (`sampling`).
+        """
+        steps, samples, guidance = astuple(self.sampling.fill(steps, samples, guidance))
         d = direction_index(direction)
         if d == 1 and not self.config.bidirectional:
             raise DiffgapError("this translator was trained with --no-bidirectional and has no from-audio direction")
@@ -334,12 +415,9 @@ def save_checkpoint(path: str | Path, config: TranslatorConfig, ema_state: dict,
     old or new files, never half of one. Other files in the folder (a training run's
     state and logs) are left alone.
     """
-    import os
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-
-    from diffgap_search.storage import write_json_atomic
+    from diffgap_search.storage import write_file_atomic, write_json_atomic
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -348,13 +426,7 @@ def save_checkpoint(path: str | Path, config: TranslatorConfig, ema_state: dict,
     for name, norm in zip(("norm_a", "norm_b"), norms):
         for k, v in norm.state_dict().items():
             tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", dir=path)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, path / WEIGHTS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    blob = save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    write_file_atomic(path / WEIGHTS, lambda fh: fh.write(blob))
     write_json_atomic(config.to_dict(), path / CONFIG)
     return path
