@@ -1,4 +1,7 @@
-"""Folders that appear whole or not at all.
+"""Files and folders that appear whole or not at all.
+
+A file is written to a temporary sibling, fsynced and renamed into place (`write_file_atomic`,
+the one helper every writer of the package uses).
 
 A folder (an index, a translator checkpoint) is written into a scratch sibling
 `.NAME.building-PID` and swapped into place with one renameat2(RENAME_EXCHANGE)
@@ -10,9 +13,13 @@ removed the next time one is made.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
+
+from diffgap_search.errors import DiffgapError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,3 +91,49 @@ def restore_interrupted_swap(root: Path) -> None:
         os.rename(olds[-1], root)
 
 
+# ---------------------------------------------------------------------------
+# files: every atomic write of the package goes through write_file_atomic
+# ---------------------------------------------------------------------------
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    """A temporary file beside `path`, with the permissions a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def write_file_atomic(path: str | Path, write, mode: str = "wb", **open_kwargs) -> Path:
+    """write(fh) into a temporary file beside `path`, fsync, rename into place.
+
+    A crash at any point leaves the old file or the new one, never half of one, and
+    an exception leaves no temporary file behind.
+    """
+    path = Path(path)
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(obj: dict, path: str | Path) -> Path:
+    return write_file_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), "w")
+
+
+def read_json(path: str | Path, fix: str):
+    """The JSON value in `path`, or one DiffgapError line naming the file and `fix` (e.g. "rebuild the index")."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffgapError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:160]}); {fix}") from None

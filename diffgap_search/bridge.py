@@ -1,6 +1,6 @@
 """The generation bridge: query-side embeddings -> audio-space conditions for a generator.
 
-    conditions = bridge(translator, queries, steps=5, samples=1, guidance=1.0, seed=0)
+    conditions = bridge(translator, queries, seed=0)                 # S, K, w: the translator's sampling
     write_conditions(conditions, "conditions.npy")          # + conditions.json beside it
     write_conditions(conditions, "conditions.parquet")      # id, caption, embedding
     write_conditions(conditions, "conditions.pt")           # torch.load(..., weights_only=True)
@@ -36,7 +36,8 @@ import pyarrow as pa
 import torch
 
 from diffgap_search.errors import DiffgapError
-from diffgap_search.search import Queries, _describe, _fits
+from diffgap_search.queries import Queries
+from diffgap_search.types import Space
 from diffgap_search.storage import write_file_atomic
 
 FORMAT = "diffgap-conditions"
@@ -64,22 +65,23 @@ class Conditions:
 
 def check_source(queries: Queries, translator) -> None:
     """Refuse queries that are not on the translator's query side (b), naming both spaces."""
-    side = translator.config.space_b
-    if not _fits(queries.space, queries.modality, queries.dim, side):
-        raise DiffgapError(
-            f"inputs are in {_describe(queries.space, queries.modality, queries.dim)}, the translator's query side is "
-            f"{_describe(side.name, side.modality, side.dim)}; encode them with the encoder the translator was trained on"
-        )
+    side, given = translator.config.space_b, Space(queries.space, queries.dim, queries.modality)
+    if not side.admits(given):
+        raise DiffgapError(f"inputs are in {given.describe()}, the translator's query side is {side.describe()}; "
+                           "encode them with the encoder the translator was trained on")
 
 
-def bridge(translator, queries: Queries, *, steps: int = 5, samples: int = 1, guidance: float = 1.0, seed: int = 0,
-           model: str | Path | None = None) -> Conditions:
+def bridge(translator, queries: Queries, *, steps: int | None = None, samples: int | None = None,
+           guidance: float | None = None, seed: int = 0, model: str | Path | None = None) -> Conditions:
     """Translate query-side vectors to the audio space ("to-audio"), keeping ids and captions.
 
+    S, K, w not given are the translator's (`Translator.sampling`); the settings record the ones used.
     The sampling noise comes from `torch.Generator().manual_seed(seed)`: the rows equal
     `translator.translate(queries.vectors, "to-audio", ..., generator=<that generator>)`.
     """
     check_source(queries, translator)
+    sampling = translator.sampling.fill(steps, samples, guidance)
+    steps, samples, guidance = sampling.steps, sampling.samples, sampling.guidance
     vectors = translator.translate(queries.vectors, "to-audio", steps=steps, samples=samples, guidance=guidance,
                                    generator=torch.Generator().manual_seed(seed))  # [n, d_audio]
     target = translator.config.space_a
@@ -195,3 +197,32 @@ class _HashingWriter:
     def write(self, data) -> int:
         self.digest.update(data)
         return self.fh.write(data)
+
+
+def translate_file(translator, source: str | Path, out: str | Path, direction="to-audio", *, steps=None, samples=None,
+                   guidance=None, seed: int = 0):
+    """Translate a shard or .npy into the other space: `out` .parquet (ids and metadata kept) or .npy.
+
+    S, K, w not given are the translator's validated ones. Returns (rows, the sampling used).
+    """
+    from diffgap_search.storage import read_embeddings, write_file_atomic, write_shard
+    from diffgap_search.types import Direction
+
+    direction, out = Direction.of(direction), Path(out)
+    if out.suffix not in (".parquet", ".npy"):
+        raise DiffgapError(f"--out {out}: use a .parquet or .npy file name")
+    a, b = translator.config.space_a, translator.config.space_b
+    source_space, target = (b, a) if direction is Direction.TO_AUDIO else (a, b)
+    emb = read_embeddings(source, dim=source_space.dim)
+    if emb.space and source_space.name and emb.space != source_space.name:
+        raise DiffgapError(f"{source}: embeddings are in space {emb.space!r}, the translator's {direction.value} input is "
+                           f"{source_space.name!r}; give embeddings of that space")
+    sampling = translator.sampling.fill(steps, samples, guidance)
+    x = translator.translate(emb.vectors, direction.value, steps=sampling.steps, samples=sampling.samples,
+                             guidance=sampling.guidance, generator=torch.Generator().manual_seed(seed))
+    if out.suffix == ".npy":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(out, lambda fh: np.save(fh, x))
+    else:
+        write_shard(out, emb.ids, x, emb.metadata, space=target.name, modality=target.modality)
+    return len(x), sampling

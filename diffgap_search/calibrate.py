@@ -221,10 +221,9 @@ def write_calibration(model: str | Path, calibrations: dict[Direction, Calibrati
 
 
 def _read_sections(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiffgapError(f"{path}: unreadable calibration ({exc}); run `diffgap-search calibrate` again") from None
+    from diffgap_search.storage import read_json
+
+    raw = read_json(path, "run `diffgap-search calibrate` again")
     if not isinstance(raw, dict):
         raise DiffgapError(f"{path}: not a calibration file; run `diffgap-search calibrate` again")
     return {k: v for k, v in raw.items() if k in {d.value for d in Direction}}

@@ -21,7 +21,6 @@ import contextlib
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 

@@ -154,7 +154,9 @@ class Engine:
 
             translator = Translator.load(model, torch_device(device))
         def load(spec):
-            return _load_encoder(spec, device, checkpoint) if isinstance(spec, str) else spec
+            from diffgap_search.encoders import load_encoder
+
+            return load_encoder(spec, device=torch_device(device), checkpoint=checkpoint) if isinstance(spec, str) else spec
 
         return cls(index, translator, load(encoder), video_encoder=load(video_encoder), warn=warn)
 
@@ -183,9 +185,9 @@ class Engine:
         elif texts is not None:
             queries = text_queries(self._encoder(self.encoder, "texts"), [texts] if isinstance(texts, str) else texts)
         elif audio is not None:
-            queries = audio_queries(self._encoder(self.encoder, "audio files"), audio)
+            queries = audio_queries(self._encoder(self.encoder, "audio files"), [audio] if isinstance(audio, (str, Path)) else audio)
         else:
-            queries = video_queries(self._encoder(self.video_encoder, "video files"), video)
+            queries = video_queries(self._encoder(self.video_encoder, "video files"), [video] if isinstance(video, (str, Path)) else video)
         return self.search_queries(queries, k, rerank=rerank, **overrides)
 
     def _encoder(self, encoder, what: str):
@@ -235,12 +237,13 @@ class Engine:
 
     def check_direction(self, route: Route) -> None:
         """Warn once per direction when the translator says the direction it needs is under-trained."""
-        undertrained = getattr(self.translator, "undertrained", None)
-        needed = [route.direction] + ([route.direction.reverse] if route.direction else [])
-        for d in needed:
-            if d is None or d in self._warned or not callable(undertrained):
+        if route.direction is None:
+            return
+        bidirectional = self.translator.config.bidirectional  # one-way: no reverse score is computed, nothing to warn of
+        for d in [route.direction] + ([route.direction.reverse] if bidirectional else []):
+            if d in self._warned:
                 continue
-            reason = undertrained(d.value)
+            reason = self.translator.undertrained(d.value)
             if reason:
                 self._warned.add(d)
                 self.warn(f"the translator's {d.value} direction is under-trained ({reason}); results through it are "
@@ -299,10 +302,3 @@ def effective_weights(config: FusionConfig, signals: dict) -> dict[str, float]:
     """The weights of the signals present; translation alone if none of them has weight."""
     weights = {name: w for name, w in config.weights.items() if name in signals and w > 0}
     return weights or {"translated": 1.0}
-
-
-def _load_encoder(spec: str, device: str, checkpoint):
-    from diffgap_search.devices import torch_device
-    from diffgap_search.encoders import load_encoder
-
-    return load_encoder(spec, device=torch_device(device), checkpoint=checkpoint)

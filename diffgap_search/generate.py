@@ -92,7 +92,7 @@ def load_pipeline(spec: str, device: str = "cpu"):
     except (OSError, ValueError) as exc:
         where = f"folder {folder}" if folder is not None else f"the Hugging Face cache (HF_HOME) under models--{spec.replace('/', '--')}"
         raise DiffgapError(f"cannot load AudioLDM pipeline {spec!r} from {where} ({str(exc).splitlines()[0][:160]}); "
-                           f"download it once where there is network (huggingface-cli download {spec}) or pass a local folder") from None
+                           f"download it once where there is network (hf download {spec}) or pass a local folder") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -155,9 +155,13 @@ def check_seconds(pipe, seconds: float | None) -> None:
 
 
 def generate(pipe, prompts: list[str], out_dir: str | Path, translator=None, *, seconds: float | None = None,
-             steps: int = 10, guidance: float = 2.5, seed: int = 0, bridge_steps: int = 5, bridge_samples: int = 1,
-             bridge_guidance: float = 1.0, settings: dict | None = None) -> list[GeneratedFile]:
-    """One WAV (float32, the pipeline's sample rate) and one JSON sidecar per prompt in `out_dir`."""
+             steps: int = 10, guidance: float = 2.5, seed: int = 0, bridge_steps: int | None = None,
+             bridge_samples: int | None = None, bridge_guidance: float | None = None,
+             settings: dict | None = None) -> list[GeneratedFile]:
+    """One WAV (float32, the pipeline's sample rate) and one JSON sidecar per prompt in `out_dir`.
+
+    The bridge's S, K, w not given are the translator's (`Translator.sampling`); the sidecar records the ones used.
+    """
     _, soundfile = _require()
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise DiffgapError("give at least one non-empty prompt, e.g. \"a dog barks\"")
@@ -166,6 +170,8 @@ def generate(pipe, prompts: list[str], out_dir: str | Path, translator=None, *, 
     check_seconds(pipe, seconds)
     if translator is not None:
         check_translator(pipe, translator)
+        sampling = translator.sampling.fill(bridge_steps, bridge_samples, bridge_guidance)
+        bridge_steps, bridge_samples, bridge_guidance = sampling.steps, sampling.samples, sampling.guidance
     seeds = [seed + i for i in range(len(prompts))]
     text = prompt_embeddings(pipe, prompts)  # [n, P]
     negative = prompt_embeddings(pipe, [""] * len(prompts))  # [n, P]: AudioLDM's null condition

@@ -88,7 +88,7 @@ def video_queries(encoder, paths: Sequence[str | Path]) -> Queries:
     from diffgap_search.encoders import require
     from diffgap_search.video_io import decode_frames
 
-    require(encoder, "video", "video queries need a video encoder: hf:openai/clip-vit-base-patch32 or precomputed:FEATURES")
+    require(encoder, "video", "video queries need a video encoder: give --encoder hf:openai/clip-vit-base-patch32 or precomputed:FEATURES")
     if encoder.precomputed:
         vectors = np.concatenate([encoder.lookup(Path(p)) for p in paths])
     else:

@@ -22,10 +22,8 @@ float32, no nulls); otherwise one copy is made.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from diffgap_search.atomic import _mkstemp, read_json, write_file_atomic, write_json_atomic  # noqa: F401  (one home: atomic.py)
 from diffgap_search.errors import DiffgapError
 
 SPACE_KEY = b"diffgap.space"
@@ -342,15 +341,6 @@ def embeddings_table(
     return table.replace_schema_metadata(kv or None)
 
 
-def _mkstemp(path: Path) -> tuple[int, str]:
-    """A temporary file beside `path`, with the permissions a plain open() would give."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
-
-
 class AtomicParquetWriter:
     """Stream record batches into a parquet file that appears only when complete.
 
@@ -417,27 +407,6 @@ def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
         table, fh, compression=compression, use_dictionary=[c for c in table.column_names if c not in VECTOR_COLUMNS]))
 
 
-def write_file_atomic(path: str | Path, write, mode: str = "wb", **open_kwargs) -> Path:
-    """write(fh) into a temporary file beside `path`, fsync, rename into place.
-
-    A crash at any point leaves the old file or the new one, never half of one, and
-    an exception leaves no temporary file behind.
-    """
-    path = Path(path)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_shard(
     path: str | Path,
     ids: np.ndarray,
@@ -500,16 +469,3 @@ def validate_shard(path: str | Path, *, dim: int | None = None) -> dict:
         "metadata_columns": emb.metadata.column_names,
         "renormalized_rows": emb.renormalized,
     }
-
-
-def write_json_atomic(obj: dict, path: str | Path) -> Path:
-    return write_file_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), "w")
-
-
-def read_json(path: str | Path, fix: str):
-    """The JSON value in `path`, or one DiffgapError line naming the file and `fix` (e.g. "rebuild the index")."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiffgapError(f"{path}: not readable JSON ({str(exc).splitlines()[0][:160]}); {fix}") from None

@@ -134,14 +134,18 @@ def test_bridge_texts_are_encoded_as_query_encodes_them(world, tmp_path):
     texts = ["a dog barks", "rain on a tin roof", "birds sing at dawn"]
     assert blob["captions"] == texts and blob["ids"].tolist() == [0, 1, 2]
     encoded = load_encoder(f"hf:{world['clap']}").encode_text(texts)
-    expected = Translator.load(world["model"]).translate(encoded, "to-audio", steps=5, generator=torch.Generator().manual_seed(3))
+    # no --steps/--samples/--guidance: the S, K, w the translator's validation used at train time (stored in config.json)
+    translator = Translator.load(world["model"])
+    assert vars(translator.sampling) == {"steps": 5, "samples": 4, "guidance": 4.0}
+    assert {k: blob["settings"][k] for k in ("steps", "samples", "guidance")} == vars(translator.sampling)
+    expected = translator.translate(encoded, "to-audio", steps=5, samples=4, guidance=4.0, generator=torch.Generator().manual_seed(3))
     np.testing.assert_allclose(blob["embeddings"].numpy(), expected, atol=1e-6)
     assert blob["settings"]["source_space"].startswith("clap:")
 
 
 def test_bridge_videos_through_a_clip_encoder(world, tmp_path):
     from diffgap_search.encoders import load_encoder
-    from diffgap_search.search import video_queries
+    from diffgap_search.queries import video_queries
 
     videos = [shared_data("video", name) for name in ("car.mp4", "drum.mp4")]
     clip = world["clip"]
@@ -236,6 +240,8 @@ def test_generate_bridged_and_plain_against_diffusers(world, pipe, tmp_path):
             side = json.loads((tmp_path / kind / f"{name}.json").read_text())
             assert (side["prompt"], side["seed"], side["bridged"], side["sample_rate"]) == (prompts[i], 5 + i, kind == "bridged", RATE)
             assert (side["steps"], side["guidance"], side["seconds"], side["pipeline"]) == (2, 2.5, 0.016, str(world["pipeline"]))
+            # --bridge-steps given, K and w not: the translator's
+            assert side["bridge"] == ({"steps": 3, "samples": 4, "guidance": 4.0} if kind == "bridged" else None)
             waves.append(audio)
         out[kind] = np.stack(waves)
 
@@ -245,7 +251,8 @@ def test_generate_bridged_and_plain_against_diffusers(world, pipe, tmp_path):
     plain = pipe(prompts, generator=generators(), **run).audios
     translator = Translator.load(world["model"])
     text = pipe._encode_prompt(prompts, torch.device("cpu"), 1, False).detach().numpy()
-    bridged = np.concatenate([translator.translate(text[i : i + 1], "to-audio", steps=3, generator=torch.Generator().manual_seed(5 + i))
+    bridged = np.concatenate([translator.translate(text[i : i + 1], "to-audio", steps=3, samples=4, guidance=4.0,
+                                                   generator=torch.Generator().manual_seed(5 + i))
                               for i in range(2)])
     expected = pipe(prompt_embeds=torch.from_numpy(bridged), negative_prompt_embeds=prompt_embeddings(pipe, ["", ""]),
                     generator=generators(), **run).audios

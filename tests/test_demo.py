@@ -91,7 +91,7 @@ def test_translation_beats_raw_cosine_on_the_synthetic_gap(demo):
 
 def test_calibration_is_not_below_raw_or_translation_on_its_split(demo):
     out = demo["out"]
-    fusion = json.loads((out / "model" / "config.json").read_text())["fusion"]
+    fusion = json.loads((out / "model" / "calibration.json").read_text())["to-audio"]
     scores = fusion["validation"]["scores"]
     assert scores["fused"]["R@1"] >= max(scores["raw"]["R@1"], scores["translated"]["R@1"]), scores
     # the stored raw score is real: brute force over the val split (gallery = its clips)
@@ -102,8 +102,8 @@ def test_calibration_is_not_below_raw_or_translation_on_its_split(demo):
     assert fusion["validation"]["queries"] == fusion["validation"]["gallery"] == val.num_rows == 300
     # the calibrated row searched with exactly the stored settings
     s = fusion["settings"]
-    assert demo["results"]["test"]["methods"]["calibrated fusion"]["settings"] == (
-        f"raw {s['raw']:g}, translated {s['translated']:g}, diffusion {s['diffusion']:g}; N={s['candidates']}, S={s['steps']}")
+    weights = ", ".join(f"{name} {w:g}" for name, w in s["weights"].items())
+    assert demo["results"]["test"]["methods"]["calibrated fusion"]["settings"] == f"{weights}; N={s['candidates']}, S={s['steps']}"
 
 
 def test_a_rerun_replaces_the_folder_whole_or_not_at_all(demo, tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -151,3 +150,26 @@ def test_benchmark_fusion_equals_the_query_chain_both_ways(calibrated, tmp_path)
     top = np.array([json.loads(line)["id"] for line in out.splitlines()])
     assert fusion["audio->query"] == pytest.approx(float((test.group[top] == np.arange(len(gallery))).mean()))
     assert 0 < fusion["query->audio"] < 1  # the comparison can fail
+
+
+def test_engine_warns_once_when_the_direction_it_needs_is_undertrained(calibrated, tmp_path):
+    import shutil
+
+    from diffgap_search import Engine, Index, Translator
+    from diffgap_search.pairs import read_pairs
+
+    model = tmp_path / "model"
+    shutil.copytree(calibrated / "model", model)
+    test = read_pairs(calibrated / "test.parquet")
+    index = Index.build(test.gallery()[0], index_type="flat")
+    warnings: list[str] = []
+    healthy = Engine(index, Translator.load(model), warn=warnings.append)
+    healthy.search(embeddings=test.b[:4], k=3)
+    assert warnings == []
+    config = json.loads((model / "config.json").read_text())
+    config["training"]["direction_steps"] = {"to-audio": 1000, "from-audio": 3}
+    (model / "config.json").write_text(json.dumps(config))
+    engine = Engine(index, Translator.load(model), warn=warnings.append)
+    engine.search(embeddings=test.b[:4], k=3)
+    engine.search(embeddings=test.b[4:8], k=3)
+    assert len(warnings) == 1 and "from-audio direction is under-trained" in warnings[0] and "3" in warnings[0]

@@ -13,8 +13,8 @@ on
   xmodel                 ../shared/data/xmodel: train on clotho_dev, retrieve among
                          clotho_eval's 1,045 clips with its 4,180 captions
 
-    python benchmarks/translation_quality.py                    # everything (~1 h on 2 cores)
-    python benchmarks/translation_quality.py --datasets xmodel  # one dataset
+    python benchmarks/studies/translation_quality.py                    # everything (~1 h on 2 cores)
+    python benchmarks/studies/translation_quality.py --datasets xmodel  # one dataset
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 
 from diffgap_search.baselines import MeanShift, fit_ridge  # noqa: E402
@@ -42,7 +42,7 @@ from diffgap_search.pairs import Pairs, read_pairs, split_train_val  # noqa: E40
 from diffgap_search.storage import write_file_atomic  # noqa: E402
 from diffgap_search.synthetic import GapConfig, make_pairs, split_of  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STEPS = (50, 20, 5)
 SAMPLES = (1, 4)  # K = 16 helps a little more (see translator_study.md) but costs 4x the CPU time at S = 50
 GUIDANCE = (1.0, 2.0, 4.0, 6.0, 8.0)
@@ -155,7 +155,7 @@ def section(name: str, rec: dict) -> str:
               + ", ".join(str(f["steps"]) for f in fold_notes)
               + f" (of {n0['epochs']} epochs), trained in {n0['train_s']} s (first fold); K, w chosen on validation: "
               + ", ".join(f"{f['chosen']['samples']}/{f['chosen']['guidance']:g}" for f in fold_notes) + ".\n\n"
-              f"`python benchmarks/translation_quality.py {rec.get('command', '')}`; {rec.get('training', '')}.\n")
+              f"`python benchmarks/studies/translation_quality.py {rec.get('command', '')}`; {rec.get('training', '')}.\n")
     fmt = [{k: (f"{v:.3f}" if isinstance(v, float) and k != "median rank" else v) for k, v in r.items()} for r in table_rows]
     return (header + "\n" + markdown_table(fmt, ["method", "R@1", "R@5", "R@10", "mAP@10", "median rank", "N"])
             + "\n\n<details><summary>machine</summary>\n\n" + rec.get("machine", "") + "\n</details>\n")
@@ -213,7 +213,7 @@ def main() -> None:
     sections = [section(name, record[name]) for name in DATASETS if name in record]
     text = f"""# Translation quality: query -> audio retrieval after translation
 
-`python benchmarks/translation_quality.py --datasets ...` (datasets may be run in several invocations;
+`python benchmarks/studies/translation_quality.py --datasets ...` (datasets may be run in several invocations;
 this file holds every dataset stored in `translation_quality.json`, each with its own command, settings
 and machine block).
 

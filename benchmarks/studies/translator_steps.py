@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the measuring scripts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies/: translation_quality.py
 from common import RESULTS, machine_block, markdown_table  # noqa: E402
 from translation_quality import evaluate, folds  # noqa: E402
 

@@ -57,7 +57,7 @@ ABLATION_INTERVALS = (100, 1000, 5000, 10000)  # Table VI's, and our default 100
 DEFAULT_TRAINING = {"epochs": 30, "interval": 100, "val_fraction": 0.1}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchmarkOptions:
     methods: tuple[str, ...] | None = None  # None: every method the data allow
     ablate: tuple[str, ...] = ()

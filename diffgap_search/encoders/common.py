@@ -75,3 +75,9 @@ def quiet_transformers():
         yield
     finally:
         logging.set_verbosity(before)
+
+
+def check_texts(texts) -> None:
+    """Texts a text tower can encode: a non-empty list of non-blank strings."""
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise DiffgapError("texts to encode must be non-empty strings")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffgap_search.encoders.common import features, load_failure, local_or_hub, model_identity, unit
+from diffgap_search.encoders.common import check_texts, features, load_failure, local_or_hub, model_identity, unit
 from diffgap_search.errors import DiffgapError
 
 
@@ -59,8 +59,7 @@ class HFClapEncoder:
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise DiffgapError("texts to encode must be non-empty strings")
+        check_texts(texts)
         out = []
         for lo in range(0, len(texts), self.batch_size):
             tok = self.processor.tokenizer(texts[lo : lo + self.batch_size], padding=True, truncation=True, return_tensors="pt")

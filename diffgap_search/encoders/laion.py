@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffgap_search.encoders.common import unit
+from diffgap_search.encoders.common import check_texts, unit
 from diffgap_search.errors import DiffgapError
 
 TEXT_MODEL = "roberta-base"  # laion_clap's tmodel 'roberta' (the official checkpoints use it)
@@ -265,8 +265,7 @@ class LaionClapEncoder:
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise DiffgapError("texts to encode must be non-empty strings")
+        check_texts(texts)
         out = []
         for lo in range(0, len(texts), self.batch_size):
             tok = self.tokenizer(texts[lo: lo + self.batch_size], padding="max_length", truncation=True,
