@@ -32,6 +32,7 @@ def build_index(
     memory_budget: str = typer.Option("4GB", "--memory-budget", help="Memory the index may use, e.g. 4GB, 512MB."),
     recall_target: float = typer.Option(0.95, "--recall-target", help="recall@10 against exact search that tuning must reach."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Parquet or CSV rows for a .npy input, same order (an `id` column gives ids)."),
+    wait: float = typer.Option(300.0, "--wait", min=0, help="Seconds to wait while another process writes the same index folder."),
 ) -> None:
     """Build a FAISS index folder from embedding shards, or from audio files with --encoder.
 
@@ -53,7 +54,8 @@ def build_index(
         raise DiffgapError("--checkpoint goes with --encoder laion-clap:... (build-index clips/ --encoder laion-clap:HTSAT-tiny --checkpoint FILE)")
     if bool(media) == bool(embeddings):
         raise DiffgapError("give either --embeddings shards or media files with --encoder, not both and not neither")
-    options = dict(index_type=index_type.value, space=space, memory_budget=memory_budget, recall_target=recall_target, metadata=metadata)
+    options = dict(index_type=index_type.value, space=space, memory_budget=memory_budget, recall_target=recall_target, metadata=metadata,
+                   wait_s=wait)
     if media:
         index, report = index_media(media, out, encoder=encoder, checkpoint=checkpoint, device=device.value, **options)
         typer.echo(f"embedded {report.embedded} files ({report.skipped} cached, {len(report.failed)} failed"
@@ -72,16 +74,18 @@ def add(
     index_dir: Path = typer.Argument(..., help="Existing index folder."),
     embeddings: List[Path] = typer.Option(..., "--embeddings", "-e", help="Parquet shards or one .npy to append."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Rows for a .npy input, same order."),
+    wait: float = typer.Option(300.0, "--wait", min=0, help="Seconds to wait while another process writes the same index folder."),
 ) -> None:
     """Append embeddings to an index without rebuilding it; new ids continue after the largest.
+
+    Concurrent writers of one index are applied one after the other (a writer lock beside the folder).
 
     Example: diffgap-search add indexes/clips --embeddings new_clips.parquet
     """
     from diffgap_search.index import Index
 
-    before = Index.load(index_dir, device="cpu")
-    after = before.add(embeddings, metadata=metadata)
-    typer.echo(f"added {len(after) - len(before)} vectors to {index_dir}: {len(after)} in all")
+    after = Index.open(index_dir, device="cpu").add(embeddings, metadata=metadata, wait_s=wait)
+    typer.echo(f"added {after.added} vectors to {index_dir}: {len(after)} in all")
 
 
 @user_errors

@@ -35,10 +35,33 @@ from tqdm.auto import tqdm
 from diffgap_search import __version__
 from diffgap_search.atomic import replace_dir, restore_interrupted_swap, scratch_dir
 from diffgap_search.errors import DiffgapError
-from diffgap_search.index.inputs import assign_ids, common_modality, common_space, read_inputs
-from diffgap_search.index.kinds import KINDS, TUNE_K, IndexPlan, parse_bytes, plan_index, set_search_params, tuning_queries
-from diffgap_search.storage import (EMBEDDING, ID, Embeddings, check_vectors, embeddings_table, read_embeddings, read_json,
-                                    write_json_atomic, write_table_atomic)
+from diffgap_search.index.inputs import (
+    assign_ids,
+    common_modality,
+    common_space,
+    read_inputs,
+)
+from diffgap_search.index.kinds import (
+    KINDS,
+    TUNE_K,
+    IndexPlan,
+    parse_bytes,
+    plan_index,
+    set_search_params,
+    tuning_queries,
+)
+from diffgap_search.locks import writer_lock
+from diffgap_search.storage import (
+    EMBEDDING,
+    ID,
+    Embeddings,
+    check_vectors,
+    embeddings_table,
+    read_embeddings,
+    read_json,
+    write_json_atomic,
+    write_table_atomic,
+)
 
 FORMAT_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,6 +114,7 @@ class Index:
         self.device = device
         self._vectors = vectors
         self._id_order: np.ndarray | None = None
+        self.added = 0  # rows the `add` that made this version appended
 
     @property
     def dim(self) -> int:
@@ -115,11 +139,13 @@ class Index:
     @classmethod
     def build(cls, data, out: str | Path | None = None, *, ids=None, metadata=None, space: str | None = None,
               modality: str | None = None, index_type: str = "auto", device: str = "auto",
-              memory_budget: int | str = "4GB", recall_target: float = 0.95, seed: int = 0) -> "Index":
+              memory_budget: int | str = "4GB", recall_target: float = 0.95, seed: int = 0,
+              wait_s: float | None = None) -> "Index":
         """Index `data` (an array [n, d], or parquet shards / .npy paths) into `out` (None: in memory).
 
         Reads and validates every row, plans the FAISS index (kinds.py), trains, adds, tunes the
-        search parameters to `recall_target` and writes the folder atomically.
+        search parameters to `recall_target` and writes the folder atomically, holding the folder's
+        writer lock (locks.py; a second writer waits up to `wait_s` seconds).
         """
         if not 0.0 < recall_target <= 1.0:
             raise DiffgapError(f"recall target {recall_target} must be in (0, 1]; e.g. 0.95")
@@ -144,21 +170,38 @@ class Index:
         if out is None:
             return cls._in_memory(manifest, index, parts, device)
         out = Path(out)
-        tmp = scratch_dir(out, subdirs=(SHARD_DIR,))
-        try:
-            manifest["shards"] = _write_parts(tmp, parts, first_part=0)
-            _write_version(tmp, out, index, manifest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with writer_lock(out, wait_s):
+            tmp = scratch_dir(out, subdirs=(SHARD_DIR,))
+            try:
+                manifest["shards"] = _write_parts(tmp, parts, first_part=0)
+                _write_version(tmp, out, index, manifest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return cls.open(out, device=device)
 
-    def add(self, data, *, ids=None, metadata=None, space: str | None = None, modality: str | None = None) -> "Index":
+    def add(self, data, *, ids=None, metadata=None, space: str | None = None, modality: str | None = None,
+            wait_s: float | None = None) -> "Index":
         """Append rows (see inputs.py for the id rule); the FAISS index is extended, not rebuilt.
 
-        Returns the new version; on a folder, the new version is swapped in atomically.
+        Returns the new version. On a folder the writer lock is held from reading the newest
+        version to swapping in the next one, so concurrent adds are applied one after the other
+        (none is lost); a second writer waits up to `wait_s` seconds.
         """
         parts = read_inputs(data, ids=ids, metadata=metadata, space=space, modality=modality, dim=self.dim)
+        common_space(parts, space, index_space=self.space)
+        if self.root is None:
+            after = self._add_parts(parts, space)
+            after.added = sum(len(p) for p in parts)
+            return after
+        with writer_lock(self.root, wait_s):
+            newest = Index.open(self.root, device="cpu")  # another writer may have added since this version was read
+            newest._add_parts(parts, space)
+        after = Index.open(self.root, device=self.device)
+        after.added = sum(len(p) for p in parts)
+        return after
+
+    def _add_parts(self, parts: list[Embeddings], space: str | None) -> "Index":
         common_space(parts, space, index_space=self.space)
         next_id = assign_ids(parts, np.sort(self.ids), int(self.manifest["next_id"]))
         xb = np.concatenate([p.vectors for p in parts]) if len(parts) > 1 else parts[0].vectors
@@ -185,7 +228,7 @@ class Index:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Index.open(self.root, device=self.device)
+        return self
 
     @classmethod
     def _in_memory(cls, manifest: dict, index: faiss.Index, parts: list[Embeddings], device: str) -> "Index":
