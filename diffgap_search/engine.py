@@ -153,6 +153,7 @@ class Engine:
             from diffgap_search.diffusion.translator import Translator
 
             translator = Translator.load(model, torch_device(device))
+
         def load(spec):
             from diffgap_search.encoders import load_encoder
 
