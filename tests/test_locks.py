@@ -54,3 +54,20 @@ def test_a_held_lock_makes_a_writer_wait_or_refuse_naming_the_holder(tmp_path):
         assert waiting.poll() is None  # still waiting for the lock
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0 and "waiting for" in err and "110 in all" in out
+
+
+def test_a_reader_keeps_its_version_while_a_writer_swaps_in_another(tmp_path):
+    """The first wave read candidate vectors lazily by path: after a rebuild it scored the old version's
+    candidates with the new version's vectors. An open Index now reads only the version it opened."""
+    from diffgap_search import Engine
+
+    old, new = unit_rows(300, 16, seed=7), unit_rows(400, 16, seed=8)
+    Index.build(old, out=tmp_path / "ix", index_type="flat", device="cpu")
+    reader = Index.open(tmp_path / "ix", device="cpu")  # vectors not read yet
+    Index.build(new, out=tmp_path / "ix", index_type="flat", device="cpu")  # a writer swaps in a new version
+    np.testing.assert_array_equal(reader.vectors(), old)
+    q = unit_rows(5, 16, seed=9)
+    hits = Engine(reader).search(embeddings=q, k=3)
+    np.testing.assert_allclose(hits.scores, np.sort(q @ old.T, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+    np.testing.assert_allclose(hits.signals["raw"], hits.scores, rtol=1e-6)  # the scores come from the same version
+    assert len(Index.open(tmp_path / "ix", device="cpu")) == 400  # a new reader sees the new version

@@ -115,6 +115,7 @@ class Index:
         self._vectors = vectors
         self._id_order: np.ndarray | None = None
         self.added = 0  # rows the `add` that made this version appended
+        self._shards: list[tuple[int | None, Path]] = []  # (descriptor, path) of each shard of this version
 
     @property
     def dim(self) -> int:
@@ -242,24 +243,42 @@ class Index:
     # -- loading -----------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path, *, device: str = "auto") -> "Index":
-        """Load an index folder (FAISS index, ids and metadata; vectors on first use)."""
+        """Load an index folder (FAISS index, ids and metadata; vectors on first use).
+
+        Everything, the vectors read later included, comes from the one version that was in
+        place when `open` began: the folder and then each shard file are held open by descriptors
+        (`pin_folder`), so a writer swapping in a new version (and deleting the old one) meanwhile
+        changes nothing this Index returns.
+        """
         root = Path(root)
         restore_interrupted_swap(root)
-        manifest = read_manifest(root)
+        if not root.is_dir():
+            read_manifest(root)  # the clear error for a missing folder or a file in its place
+        dir_fd, view = pin_folder(root)
         try:
-            index = faiss.read_index(str(root / INDEX_FILE))
-        except RuntimeError as exc:
-            raise DiffgapError(
-                f"{root / INDEX_FILE}: unreadable FAISS index ({str(exc).strip().splitlines()[0][:120]}); rebuild with build-index"
-            ) from None
-        if index.ntotal != manifest["count"] or index.d != manifest["dim"]:
-            raise DiffgapError(
-                f"{root}: index.faiss holds {index.ntotal} x {index.d}, manifest says "
-                f"{manifest['count']} x {manifest['dim']}; the folder was modified by hand: rebuild it"
-            )
-        ids, meta = _read_shard_columns(root, manifest)
+            manifest = read_manifest(view)
+            try:
+                index = faiss.read_index(str(view / INDEX_FILE))
+            except RuntimeError as exc:
+                raise DiffgapError(f"{view / INDEX_FILE}: unreadable FAISS index ({str(exc).strip().splitlines()[0][:120]}); "
+                                   "rebuild with build-index") from None
+            if index.ntotal != manifest["count"] or index.d != manifest["dim"]:
+                raise DiffgapError(f"{view}: index.faiss holds {index.ntotal} x {index.d}, manifest says "
+                                   f"{manifest['count']} x {manifest['dim']}; the folder was modified by hand: rebuild it")
+            ids, meta = _read_shard_columns(view, manifest)
+            shards = [pin_file(dir_fd, view, s["file"]) for s in manifest["shards"]]  # the vectors, read on first use
+        except DiffgapError as exc:
+            raise DiffgapError(str(exc).replace(str(view), str(root))) from None  # messages name the user's folder
+        finally:
+            _close(dir_fd)
         index, device = _to_device(index, manifest, resolve_device(device))
-        return cls(root, manifest, index, ids, meta, device)
+        opened = cls(root, manifest, index, ids, meta, device)
+        opened._shards = shards
+        return opened
+
+    def __del__(self):
+        for fd, _ in getattr(self, "_shards", None) or []:
+            _close(fd)
 
     load = open  # the name the first wave used
 
@@ -317,7 +336,7 @@ class Index:
         keep; they are read once from the shards (zero-copy per part) and cached.
         """
         if self._vectors is None:
-            chunks = [read_embeddings(self.root / s["file"]).vectors for s in self.manifest["shards"]]
+            chunks = [read_embeddings(path).vectors for _, path in self._shards]
             self._vectors = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         if positions is None:
             if ids is None:
@@ -409,6 +428,37 @@ def _add_chunked(index: faiss.Index, xb: np.ndarray, desc: str) -> None:
             chunk = np.ascontiguousarray(xb[start : start + ADD_CHUNK])
             index.add(chunk)
             bar.update(len(chunk))
+
+
+def pin_folder(root: Path) -> tuple[int | None, Path]:
+    """(descriptor, path) that read this folder's current version even after it is swapped away.
+
+    On Linux /proc/self/fd/N names the directory the descriptor holds, whatever is renamed
+    in its place later; elsewhere the plain path (no pinning).
+    """
+    if not Path("/proc/self/fd").is_dir():
+        return None, root
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    return fd, Path(f"/proc/self/fd/{fd}")
+
+
+def pin_file(dir_fd: int | None, view: Path, name: str) -> tuple[int | None, Path]:
+    """(descriptor, path) of a file of a pinned folder; the path reads it even after it is deleted (Linux)."""
+    if dir_fd is None:
+        return None, view / name
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except OSError as exc:
+        raise DiffgapError(f"{view / name}: unreadable shard ({exc.strerror}); rebuild the index") from None
+    return fd, Path(f"/proc/self/fd/{fd}")
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def read_manifest(root: Path) -> dict:
