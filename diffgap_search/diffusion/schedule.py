@@ -29,11 +29,14 @@ class ScheduleConfig:
         return asdict(self)
 
 
+MAX_TRAIN_TIMESTEPS = 100_000  # a bound checked before the schedule's arrays are allocated (1,000 is usual)
+
+
 def check_schedule(config: ScheduleConfig) -> None:
     """Raise ValueError naming the first unusable setting."""
     t = config.train_timesteps
-    if not isinstance(t, int) or isinstance(t, bool) or t < 2:
-        raise ValueError(f"schedule.train_timesteps = {t!r} is not an integer >= 2")
+    if not isinstance(t, int) or isinstance(t, bool) or not 2 <= t <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"schedule.train_timesteps = {t!r} is not an integer in 2..{MAX_TRAIN_TIMESTEPS}")
     if config.beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"schedule.beta_schedule = {config.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
     if config.prediction_type not in PREDICTION_TYPES:

@@ -189,9 +189,10 @@ class Translator:
             tensors = load_file(str(weights_path), device="cpu")  # safetensors: no code is executed
         except (SafetensorError, OSError, ValueError) as exc:
             raise DiffgapError(f"{weights_path}: unreadable weights ({exc}); the checkpoint is damaged, retrain or restore it") from None
+        prefix = f"{weights}."
+        _check_shapes(config, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, weights_path)
         network = Denoiser(config.network)
         norm_a, norm_b = SpaceNorm(config.space_a.dim), SpaceNorm(config.space_b.dim)
-        prefix = f"{weights}."
         _load_into(network, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, weights_path)
         _load_into(norm_a, {k[7:]: v for k, v in tensors.items() if k.startswith("norm_a.")}, weights_path)
         _load_into(norm_b, {k[7:]: v for k, v in tensors.items() if k.startswith("norm_b.")}, weights_path)
@@ -397,7 +398,26 @@ class Translator:
         return errors.cpu().numpy()
 
 
-def _load_into(module: torch.nn.Module, state: dict, source: Path) -> None:
+def _check_shapes(config: TranslatorConfig, state: dict, source: Path) -> None:
+    """Refuse a config.json that disagrees with the tensors in model.safetensors before anything is allocated.
+
+    The network is first built on the "meta" device (shapes, no memory); the number of blocks is
+    checked against the file's keys first, so a tampered config can neither allocate nor loop for long.
+    """
+    for side, space, dim in (("a", config.space_a, config.network.dim_a), ("b", config.space_b, config.network.dim_b)):
+        if space.dim != dim:
+            raise DiffgapError(f"{source.parent / CONFIG}: spaces.{side}.dim = {space.dim} but network.dim_{side} = {dim}; "
+                               "the folder was modified: retrain or restore it")
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if config.network.blocks != len(blocks):
+        raise DiffgapError(f"{source}: the weights hold {len(blocks)} blocks, config.json says network.blocks = "
+                           f"{config.network.blocks}; the folder was modified: retrain or restore it")
+    with torch.device("meta"):
+        expected = Denoiser(config.network)
+    _load_into(expected, state, source, shapes_only=True)
+
+
+def _load_into(module: torch.nn.Module, state: dict, source: Path, shapes_only: bool = False) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -405,7 +425,8 @@ def _load_into(module: torch.nn.Module, state: dict, source: Path) -> None:
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise DiffgapError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, config.json implies {tuple(v.shape)}")
-    module.load_state_dict({k: state[k] for k in expected})
+    if not shapes_only:
+        module.load_state_dict({k: state[k] for k in expected})
 
 
 def save_checkpoint(path: str | Path, config: TranslatorConfig, ema_state: dict, model_state: dict, norms) -> Path:
