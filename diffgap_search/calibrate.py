@@ -261,9 +261,7 @@ def default_configs(translator, *, stored: bool = True) -> dict[Direction, Fusio
     defaults with the sampling (S, K, w) the translator's validation chose at train time."""
     if translator is None:
         return {}
-    path = getattr(translator, "path", None)
-    calibrated = load_calibration(path) if stored and path is not None else {}
-    sampling = getattr(translator, "sampling", None) or {}
-    sampling = sampling if isinstance(sampling, dict) else vars(sampling)
-    fallback = FusionConfig(**{k: sampling[k] for k in ("steps", "samples", "guidance") if k in sampling})
+    calibrated = load_calibration(translator.path) if stored and translator.path is not None else {}
+    s = translator.sampling
+    fallback = FusionConfig(steps=s.steps, samples=s.samples, guidance=s.guidance)
     return {d: calibrated.get(d, fallback) for d in Direction}

@@ -190,7 +190,6 @@ class Index:
         (none is lost); a second writer waits up to `wait_s` seconds.
         """
         parts = read_inputs(data, ids=ids, metadata=metadata, space=space, modality=modality, dim=self.dim)
-        common_space(parts, space, index_space=self.space)
         if self.root is None:
             after = self._add_parts(parts, space)
             after.added = sum(len(p) for p in parts)
